@@ -1,0 +1,58 @@
+# The venv holds everything the project needs; every target installs it when missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= router/default_config.yaml
+
+.PHONY: install run test lint proto proto-check bench redis-server clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the whole mesh in one process on the shipped default config (simulated providers).
+run: $(STAMP)
+	$(BIN)/imesh up --config $(CONFIG)
+
+## Tests need a redis-server binary (each test run starts its own on a free port).
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server"; \
+	  (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null 2>&1 || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq redis-server) >/dev/null; }
+
+test: $(STAMP) redis-server
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/buf lint
+
+proto: $(STAMP)
+	PYTHON=$(BIN)/python scripts/gen_proto.sh
+
+## Fails when the committed generated code differs from what proto/ generates.
+proto-check: $(STAMP)
+	$(BIN)/buf lint
+	@tmp=$$(mktemp -d); PYTHON=$(BIN)/python scripts/gen_proto.sh $$tmp >/dev/null; \
+	  if diff -r -x __init__.py -x py.typed -x __pycache__ $$tmp/imesh/v1 imesh/v1 >/dev/null; then \
+	    echo "generated code is current"; rm -rf $$tmp; \
+	  else diff -r -x __init__.py -x py.typed -x __pycache__ $$tmp/imesh/v1 imesh/v1 | head -20; \
+	    rm -rf $$tmp; echo "imesh/v1 is stale: run 'make proto'"; exit 1; fi
+	@if git rev-parse --verify -q origin/main >/dev/null && git cat-file -e origin/main:buf.yaml 2>/dev/null; then \
+	  $(BIN)/buf breaking --against '.git#branch=origin/main'; \
+	elif git rev-parse --verify -q main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
+	  $(BIN)/buf breaking --against '.git#branch=main'; fi
+
+bench: $(STAMP)
+	@echo "benchmarks arrive with the benchmark issue; nothing measured yet"
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Provider adapters behind one Backend interface."""

@@ -1,0 +1,134 @@
+"""Typed config of each provider kind; one entry per provider under `providers:`."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(Strict):
+    """A secret given by reference: `env:NAME`. The value is read at start, never logged."""
+
+    ref: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: object) -> object:
+        if isinstance(value, str):
+            return {"ref": value}
+        return value
+
+    @field_validator("ref")
+    @classmethod
+    def _must_be_reference(cls, ref: str) -> str:
+        scheme, _, name = ref.partition(":")
+        if scheme != "env" or not name:
+            raise ValueError("secrets are given by reference, as 'env:NAME', never inline")
+        return ref
+
+    @property
+    def env_name(self) -> str:
+        return self.ref.partition(":")[2]
+
+    def resolve(self) -> str:
+        """The secret's value; raises KeyError naming the variable when it is unset."""
+        value = os.environ.get(self.env_name)
+        if not value:
+            raise KeyError(f"environment variable {self.env_name} is not set")
+        return value
+
+    def __repr__(self) -> str:
+        return f"SecretRef({self.ref!r})"
+
+
+class HttpTimeouts(Strict):
+    """Seconds. `first_byte` bounds the wait for response headers / first stream bytes."""
+
+    connect: float = Field(5.0, gt=0)
+    read: float = Field(60.0, gt=0)
+    first_byte: float = Field(30.0, gt=0)
+    pool: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HttpTimeouts:
+        if self.first_byte > self.read:
+            raise ValueError("first_byte must not exceed read")
+        return self
+
+
+class SimulatedConfig(Strict):
+    """A deterministic fake provider for demos, benchmarks and chaos drills."""
+
+    kind: Literal["simulated"]
+    ttft_ms: float = Field(50.0, ge=0)
+    tokens_per_second: float = Field(200.0, gt=0)
+    # Probability, per call, of failing before the first token.
+    error_rate: float = Field(0.0, ge=0, le=1)
+    error_kind: Literal["unavailable", "rate_limited", "internal"] = "unavailable"
+    retry_after_s: float = Field(1.0, ge=0)
+    # Stall forever (until cancelled) after this many tokens; None means never.
+    stall_after_tokens: int | None = Field(None, ge=0)
+    # Cut the stream with UNAVAILABLE after this many tokens; None means never.
+    cut_after_tokens: int | None = Field(None, ge=0)
+    # Completion length when max_tokens does not bound it.
+    completion_tokens: int = Field(64, ge=1)
+    seed: int = 0
+
+
+class RemoteConfig(Strict):
+    """An adapter served by `imesh adapter NAME --listen ADDR`, reached over gRPC."""
+
+    kind: Literal["remote"]
+    address: str
+    # Channels to spread calls over (PERF-NOTES: bound concurrency per channel).
+    channels: int = Field(2, ge=1, le=64)
+
+
+class OpenAIConfig(Strict):
+    kind: Literal["openai"]
+    base_url: str = "https://api.openai.com/v1"
+    api_key: SecretRef
+    organization: str | None = None
+    http2: bool = True
+    timeouts: HttpTimeouts = HttpTimeouts()
+    max_connections: int = Field(100, ge=1)
+
+
+class AnthropicConfig(Strict):
+    kind: Literal["anthropic"]
+    base_url: str = "https://api.anthropic.com"
+    api_key: SecretRef
+    api_version: str = "2023-06-01"
+    # Anthropic requires max_tokens; used when the caller sets none.
+    default_max_tokens: int = Field(4096, ge=1)
+    http2: bool = True
+    timeouts: HttpTimeouts = HttpTimeouts()
+    max_connections: int = Field(100, ge=1)
+
+
+class OpenAICompatibleConfig(Strict):
+    """Any base URL speaking the OpenAI chat API (vLLM, Ollama, Together, Groq...)."""
+
+    kind: Literal["openai_compatible"]
+    base_url: str
+    api_key: SecretRef | None = None
+    # Quirks of the server.
+    supports_stream_options: bool = True
+    supports_tools: bool = True
+    # tiktoken encoding for local counts when the server reports no usage.
+    tokenizer: str = "o200k_base"
+    http2: bool = False
+    timeouts: HttpTimeouts = HttpTimeouts()
+    max_connections: int = Field(100, ge=1)
+
+
+ProviderConfig = Annotated[
+    SimulatedConfig | RemoteConfig | OpenAIConfig | AnthropicConfig | OpenAICompatibleConfig,
+    Field(discriminator="kind"),
+]

@@ -1,0 +1,1 @@
+"""The router: admission, planning, the attempt loop, settlement."""
