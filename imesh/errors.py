@@ -111,11 +111,15 @@ class MeshError(Exception):
 
     @classmethod
     def from_rpc_error(cls, err: grpc.RpcError) -> MeshError:
-        """Rebuild a MeshError from a failed call (works for grpc.aio errors too)."""
-        code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
-        message = err.details() if isinstance(err, grpc.Call) else str(err)
-        status = rpc_status.from_call(err) if isinstance(err, grpc.Call) else None
-        return cls.from_status(code, message or "", status)
+        """Rebuild a MeshError from a failed call: a sync `grpc.Call` error or a
+        `grpc.aio.AioRpcError` (which is not a grpc.Call but has the same accessors)."""
+        if not isinstance(err, grpc.Call | grpc.aio.AioRpcError):
+            return cls(grpc.StatusCode.UNKNOWN, "UNKNOWN", str(err))
+        try:
+            status = rpc_status.from_call(err)  # type: ignore[arg-type]
+        except ValueError:  # details that contradict the code: keep the code, drop details
+            status = None
+        return cls.from_status(err.code(), err.details() or "", status)
 
     @classmethod
     def from_status(

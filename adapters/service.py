@@ -1,0 +1,147 @@
+"""AdapterService: serves any Backend over gRPC, so an adapter can run as its own service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Final
+
+import grpc
+from grpc_health.v1 import _async as health_aio  # health.aio, which the stubs lack
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from adapters.backend import Backend
+from imesh.errors import MeshError
+from imesh.v1 import adapter_service_pb2, adapter_service_pb2_grpc, events_pb2
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME: Final = adapter_service_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name
+# Bounds both the events buffered ahead of a slow reader and the size of one batch.
+_QUEUE_SIZE: Final = 256
+
+
+class _End:
+    """Marks the normal end of a backend stream in the relay queue."""
+
+
+_END: Final = _End()
+_Item = events_pb2.ChatEvent | BaseException | _End
+
+
+class AdapterServicer(adapter_service_pb2_grpc.AdapterServiceServicer):
+    """Relays one Backend's events as GenerateResponse batches.
+
+    A pump task reads the backend into a bounded queue while the handler sends; events
+    that are ready together go out in one message, and the first is never held back.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    async def Generate(
+        self,
+        request: adapter_service_pb2.GenerateRequest,
+        context: grpc.aio.ServicerContext[
+            adapter_service_pb2.GenerateRequest, adapter_service_pb2.GenerateResponse
+        ],
+    ) -> AsyncIterator[adapter_service_pb2.GenerateResponse]:
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        queue: asyncio.Queue[_Item] = asyncio.Queue(_QUEUE_SIZE)
+        pump = asyncio.create_task(_pump(self._backend.chat(request, deadline), queue))
+        failure: MeshError | None = None
+        try:
+            while failure is None:
+                batch: list[events_pb2.ChatEvent] = []
+                item = await queue.get()
+                while True:
+                    if isinstance(item, events_pb2.ChatEvent):
+                        batch.append(item)
+                    elif isinstance(item, _End):
+                        break
+                    else:
+                        failure = _as_mesh_error(item)
+                        break
+                    if queue.empty():
+                        break
+                    item = queue.get_nowait()
+                if batch:
+                    yield adapter_service_pb2.GenerateResponse(events=batch)
+                if isinstance(item, _End):
+                    return
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+        # Any usage the backend yielded before failing was relayed above.
+        status = failure.to_status()
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _as_mesh_error(exc: BaseException) -> MeshError:
+    if isinstance(exc, MeshError):
+        return exc
+    log.error("backend raised an unexpected error", exc_info=exc)
+    return MeshError(grpc.StatusCode.INTERNAL, "ADAPTER_ERROR", "the adapter failed unexpectedly")
+
+
+async def _pump(events: AsyncIterator[events_pb2.ChatEvent], queue: asyncio.Queue[_Item]) -> None:
+    """Backend → queue; closing the backend iterator whatever happens (cancel included)."""
+    try:
+        async for event in events:
+            await queue.put(event)
+        await queue.put(_END)
+    except Exception as exc:
+        await queue.put(exc)
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class AdapterServer:
+    """A running adapter server: `.port`, `await stop(grace)`."""
+
+    def __init__(
+        self, server: grpc.aio.Server, port: int, health_servicer: health_aio.HealthServicer
+    ) -> None:
+        self._server = server
+        self.port = port
+        self._health = health_servicer
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, let in-flight streams finish for `grace` s, then cancel them."""
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def start_adapter_server(backend: Backend, listen: str) -> AdapterServer:
+    """Serve `backend` as an AdapterService on `listen` ("host:port"; port 0 picks one)."""
+    # No SO_REUSEPORT: a second server on a busy port must fail, not share it silently.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    adapter_service_pb2_grpc.add_AdapterServiceServicer_to_server(AdapterServicer(backend), server)
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            "grpc.reflection.v1alpha.ServerReflection",
+        ],
+        server,
+    )
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return AdapterServer(server, port, health_servicer)

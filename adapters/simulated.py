@@ -1,0 +1,326 @@
+"""SimulatedBackend: a deterministic provider for demos, benchmarks and chaos drills.
+
+The same seed and request always give the same answer; pacing follows ttft_ms and
+tokens_per_second; failures (errors, stalls, cuts) are drawn from a seeded generator so a
+drill can be replayed exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import random
+import re
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+
+from adapters.backend import Backend
+from adapters.config import SimulatedConfig
+from imesh.errors import MeshError, invalid_argument
+from imesh.v1 import adapter_service_pb2, chat_pb2, events_pb2
+
+RngFactory = Callable[[int], random.Random]
+
+_CORPUS = (
+    "the mesh routes each request to a healthy deployment and streams tokens back as they "
+    "arrive while breakers watch failures budgets bound spend and hedges race slow starts "
+    "every token is counted priced settled and reported so tenants see exactly what they "
+    "used latency stays low because work happens once config loads at start and the hot "
+    "path does nothing twice"
+)
+_WORDS = tuple(_CORPUS.split())
+_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+# Tokens due within this window of "now" go out together instead of sleeping per token.
+_SLACK_S = 0.001
+_MAX_SCHEMA_DEPTH = 8
+_MAX_ARRAY_ITEMS = 5
+
+
+def count_tokens(text: str) -> int:
+    """The simulator's tokenizer: words and punctuation marks (deterministic, cheap)."""
+    return len(_TOKEN_RE.findall(text))
+
+
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    """One paced emission: an event and the completion tokens it carries."""
+
+    event: events_pb2.ChatEvent
+    tokens: int
+
+
+class SimulatedBackend(Backend):
+    """A fake provider with real pacing and failure modes; see SimulatedConfig.
+
+    Counters (`calls_started`, `calls_cancelled`, `last_cancelled_at`) let tests and chaos
+    drills observe that cancellation reached the "upstream".
+    """
+
+    def __init__(self, config: SimulatedConfig, *, rng_factory: RngFactory | None = None) -> None:
+        self._config = config
+        self._rng_factory: RngFactory = rng_factory or random.Random
+        # One generator per backend for the error draw, so a run's failures are reproducible.
+        self._error_rng = self._rng_factory(config.seed)
+        self._interval = 1.0 / config.tokens_per_second
+        self.calls_started = 0
+        self.calls_cancelled = 0
+        self.last_cancelled_at: float | None = None
+
+    async def chat(
+        self, request: adapter_service_pb2.GenerateRequest, deadline: float | None
+    ) -> AsyncIterator[events_pb2.ChatEvent]:
+        self.calls_started += 1
+        try:
+            async with contextlib.aclosing(self._generate(request, deadline)) as events:
+                async for event in events:
+                    yield event
+        except (GeneratorExit, asyncio.CancelledError):
+            self.calls_cancelled += 1
+            self.last_cancelled_at = time.monotonic()
+            raise
+
+    async def _generate(
+        self, request: adapter_service_pb2.GenerateRequest, deadline: float | None
+    ) -> AsyncGenerator[events_pb2.ChatEvent, None]:
+        cfg = self._config
+        start = time.monotonic()
+        if self._error_rng.random() < cfg.error_rate:
+            raise self._drawn_error()
+        rng = self._rng_factory(self._request_seed(request))
+        units, finish = _plan(request.input, rng, cfg.completion_tokens)
+        prompt_tokens = _prompt_tokens(request.input)
+        first_due = start + cfg.ttft_ms / 1000.0
+        completion = 0
+
+        def usage() -> events_pb2.ChatEvent:
+            return events_pb2.ChatEvent(
+                usage=events_pb2.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion)
+            )
+
+        failure: MeshError | None = None
+        sent = 0
+        for i, unit in enumerate(units):
+            if i == cfg.cut_after_tokens:
+                failure = MeshError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "UPSTREAM_INTERRUPTED",
+                    f"simulated stream cut after {i} tokens",
+                )
+                break
+            due = None if i == cfg.stall_after_tokens else first_due + i * self._interval
+            if not await _sleep_until(due, deadline):
+                failure = MeshError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "DEADLINE_EXCEEDED",
+                    f"deadline passed after {i} simulated tokens",
+                )
+                break
+            yield unit.event
+            sent = i + 1
+            completion += unit.tokens
+        if failure is None:
+            yield usage()
+            yield events_pb2.ChatEvent(finish=events_pb2.Finish(reason=finish))
+            return
+        if sent:  # output began: the caller is owed the usage so far (Backend contract)
+            failure.usage = usage().usage
+            yield usage()
+        raise failure
+
+    def _drawn_error(self) -> MeshError:
+        kind = self._config.error_kind
+        if kind == "rate_limited":
+            return MeshError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "UPSTREAM_RATE_LIMITED",
+                "simulated provider rate limit (429)",
+                retry_after=self._config.retry_after_s,
+            )
+        if kind == "internal":
+            return MeshError(
+                grpc.StatusCode.INTERNAL, "UPSTREAM_ERROR", "simulated provider error (500)"
+            )
+        return MeshError(
+            grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", "simulated provider unavailable"
+        )
+
+    def _request_seed(self, request: adapter_service_pb2.GenerateRequest) -> int:
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update(str(self._config.seed).encode())
+        digest.update(request.provider_model.encode())
+        digest.update(request.input.SerializeToString(deterministic=True))
+        return int.from_bytes(digest.digest(), "big")
+
+
+async def _sleep_until(due: float | None, deadline: float | None) -> bool:
+    """Sleep to the absolute instant `due` (None: forever), cut short by the deadline.
+
+    Returns False when the deadline cut the wait. Waiting for absolute instants keeps the
+    pace free of drift; instants already (nearly) due cost no sleep at all.
+    """
+    now = time.monotonic()
+    if deadline is not None and now >= deadline:
+        return False
+    if deadline is not None and (due is None or due >= deadline):
+        await asyncio.sleep(max(0.0, deadline - now))
+        return False
+    if due is None:
+        await asyncio.Event().wait()  # until cancelled
+        return False
+    if due > now + _SLACK_S:
+        await asyncio.sleep(due - now)
+    return True
+
+
+def _prompt_tokens(chat_input: chat_pb2.ChatInput) -> int:
+    total = 0
+    for message in chat_input.messages:
+        for part in message.content:
+            if part.HasField("text"):
+                total += count_tokens(part.text)
+        for call in message.tool_calls:
+            total += count_tokens(call.name) + count_tokens(call.arguments_json)
+    for tool in chat_input.tools:
+        total += count_tokens(tool.name) + count_tokens(tool.description)
+    return total
+
+
+def _plan(
+    chat_input: chat_pb2.ChatInput, rng: random.Random, completion_tokens: int
+) -> tuple[list[_Unit], events_pb2.FinishReason.ValueType]:
+    """The whole answer as paced units, and how it finishes."""
+    tool = _forced_tool(chat_input)
+    if tool is not None:
+        return _tool_call_units(tool, rng), events_pb2.FINISH_REASON_TOOL_CALLS
+    fmt = chat_input.response_format.type
+    if fmt == chat_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
+        schema = _load_json(chat_input.response_format.json_schema)
+        text = json.dumps(_value_for(schema, rng, 0))
+    elif fmt == chat_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT:
+        text = json.dumps({"answer": _sentence(rng, max(1, completion_tokens - 3)).strip()})
+    else:
+        text = _sentence(rng, completion_tokens)
+    pieces = re.findall(r"\s*\S+", text)
+    limit = chat_input.max_tokens if chat_input.HasField("max_tokens") else 0
+    finish = events_pb2.FINISH_REASON_STOP
+    if 0 < limit < len(pieces):
+        pieces, finish = pieces[:limit], events_pb2.FINISH_REASON_LENGTH
+    units = [
+        _Unit(events_pb2.ChatEvent(content=events_pb2.ContentDelta(text=p)), 1) for p in pieces
+    ]
+    return units, finish
+
+
+def _sentence(rng: random.Random, n: int) -> str:
+    """n words, each with its leading space, in sentences of 8-14 words."""
+    out: list[str] = []
+    until_stop = rng.randint(8, 14)
+    capital = True
+    for i in range(n):
+        word = rng.choice(_WORDS)
+        if capital:
+            word = word.capitalize()
+        until_stop -= 1
+        capital = until_stop == 0 or i == n - 1
+        if capital:
+            word += "."
+            until_stop = rng.randint(8, 14)
+        out.append(" " + word)
+    return "".join(out)
+
+
+def _forced_tool(chat_input: chat_pb2.ChatInput) -> chat_pb2.Tool | None:
+    if not chat_input.tools:
+        return None
+    choice = chat_input.tool_choice.WhichOneof("choice")
+    if choice == "function_name":
+        name = chat_input.tool_choice.function_name
+        for tool in chat_input.tools:
+            if tool.name == name:
+                return tool
+        raise invalid_argument("tool_choice.function_name", f"no tool named {name!r}")
+    if choice == "mode" and chat_input.tool_choice.mode == chat_pb2.TOOL_CHOICE_MODE_REQUIRED:
+        return chat_input.tools[0]
+    return None
+
+
+def _tool_call_units(tool: chat_pb2.Tool, rng: random.Random) -> list[_Unit]:
+    """One call: id and name first, then the arguments JSON in 2-3 pieces."""
+    arguments = json.dumps(_value_for(_load_json(tool.parameters_json), rng, 0))
+    n_pieces = 2 if len(arguments) < 24 else 3
+    step = -(-len(arguments) // n_pieces)
+    call_id = f"call_{rng.getrandbits(64):016x}"
+    units = [
+        _Unit(
+            events_pb2.ChatEvent(
+                tool_call=events_pb2.ToolCallDelta(index=0, id=call_id, name=tool.name)
+            ),
+            count_tokens(tool.name),
+        )
+    ]
+    for k in range(0, len(arguments), step):
+        piece = arguments[k : k + step]
+        units.append(
+            _Unit(
+                events_pb2.ChatEvent(
+                    tool_call=events_pb2.ToolCallDelta(index=0, arguments_delta=piece)
+                ),
+                count_tokens(piece),
+            )
+        )
+    return units
+
+
+def _load_json(text: str) -> object:
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return {}
+
+
+def _value_for(schema: object, rng: random.Random, depth: int) -> object:
+    """A deterministic value of the schema's type; objects get their required properties."""
+    if not isinstance(schema, dict) or depth > _MAX_SCHEMA_DEPTH:
+        return None
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        options = schema.get(key)
+        if isinstance(options, list) and options:
+            return _value_for(options[0], rng, depth + 1)
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props = schema.get("properties")
+        props = props if isinstance(props, dict) else {}
+        required = schema.get("required")
+        names = [n for n in required if isinstance(n, str)] if isinstance(required, list) else []
+        return {n: _value_for(props.get(n, {}), rng, depth + 1) for n in names}
+    if kind == "array":
+        # Capped: the schema comes from the caller and must not size our memory.
+        count = min(max(1, _int_or(schema.get("minItems"), 1)), _MAX_ARRAY_ITEMS)
+        return [_value_for(schema.get("items", {}), rng, depth + 1) for _ in range(count)]
+    if kind == "integer":
+        low = _int_or(schema.get("minimum"), 0)
+        return rng.randint(low, max(low, _int_or(schema.get("maximum"), low + 100)))
+    if kind == "number":
+        return round(rng.uniform(0, 100), 2)
+    if kind == "boolean":
+        return rng.random() < 0.5
+    if kind == "null":
+        return None
+    return _sentence(rng, 2).strip().rstrip(".").lower()
+
+
+def _int_or(value: object, default: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    return int(value)

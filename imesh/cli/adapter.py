@@ -1,0 +1,73 @@
+"""`imesh adapter NAME`: serve one provider of the config as a standalone AdapterService."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from imesh.cli._common import describe, fail, load_config_or_exit, run, shown_address, stop_signal
+
+EPILOG = """\
+examples:
+  imesh adapter openai-main --config mesh.yaml --listen 127.0.0.1:7001
+  imesh adapter sim-fast --config router/default_config.yaml --listen 127.0.0.1:0
+the router reaches it through a provider of kind "remote" with address: HOST:PORT.
+"""
+# Seconds in-flight streams get to finish on SIGTERM before they are cancelled.
+DRAIN_S = 10.0
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "adapter",
+        help="serve one provider as a gRPC AdapterService",
+        description=describe(
+            "Serve providers[NAME] from the config (any kind but remote) as a "
+            "gRPC AdapterService with health and reflection. The in-process and served "
+            "forms run the same adapter code."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("name", metavar="NAME", help="provider name under providers:")
+    parser.add_argument("--config", metavar="FILE", required=True, help="mesh config (YAML)")
+    parser.add_argument(
+        "--listen", metavar="ADDR", required=True, help="gRPC address, e.g. 127.0.0.1:7001"
+    )
+    parser.set_defaults(func=run_adapter)
+
+
+def run_adapter(args: argparse.Namespace) -> int:
+    from adapters.config import RemoteConfig
+
+    config = load_config_or_exit(args.config)
+    provider = config.providers.get(args.name)
+    if provider is None:
+        known = ", ".join(sorted(config.providers))
+        fail(f"providers.{args.name}: no such provider in {args.config} (known: {known})", 2)
+    if isinstance(provider, RemoteConfig):
+        fail(f"providers.{args.name}: kind remote is served elsewhere; nothing to serve", 2)
+    return run(_serve(args.name, provider, args.listen))
+
+
+async def _serve(name: str, provider: object, listen: str) -> int:
+    from adapters.factory import build_backend
+    from adapters.service import start_adapter_server
+
+    stopped = stop_signal()
+    try:
+        backend = build_backend(provider)  # type: ignore[arg-type]  # checked by run_adapter
+    except KeyError as exc:  # a secret's variable is unset: names it, never its value
+        fail(f"providers.{name}: {exc.args[0]}", 2)
+    try:
+        try:
+            server = await start_adapter_server(backend, listen)
+        except (OSError, RuntimeError) as exc:
+            fail(f"error: adapter cannot listen on {listen}: {exc}")
+        print(f"adapter {name} gRPC on {shown_address(listen, server.port)}", flush=True)
+        signal_name = await stopped
+        print(f"{signal_name}: draining for up to {DRAIN_S:g}s", file=sys.stderr, flush=True)
+        await server.stop(DRAIN_S)
+    finally:
+        await backend.aclose()
+    return 0

@@ -1,0 +1,50 @@
+"""Entry point of the `imesh` command: builds the parser and runs one subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from imesh.cli import adapter, chat, gateway, models, up
+
+DESCRIPTION = """\
+inference-mesh: a gRPC-native LLM inference mesh.
+
+Run it:      imesh up | imesh router | imesh adapter NAME | imesh gateway
+Talk to it:  imesh chat "prompt" | imesh models
+"""
+EPILOG = """\
+examples:
+  imesh up                          # whole mesh on a laptop, simulated providers
+  imesh chat "What is a circuit breaker?"
+  imesh models
+run `imesh COMMAND --help` for each command's options and examples.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imesh",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (up, adapter, gateway, chat, models):
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""`imesh up` and `imesh router`: serve the router (and, for `up`, the REST edge) in one process."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from imesh.cli._common import (
+    default_config_path,
+    describe,
+    fail,
+    load_config_or_exit,
+    run,
+    shown_address,
+    stop_signal,
+)
+
+if TYPE_CHECKING:
+    from gateway.server import GatewayServer
+    from imesh.api import ChatAPI
+    from router.config import MeshConfig
+
+UP_EPILOG = """\
+examples:
+  imesh up                                  # shipped simulated providers, gRPC :50051, HTTP :8080
+  imesh up --config mesh.yaml
+  imesh up --config mesh.yaml --listen 127.0.0.1:6000 --http 127.0.0.1:9000
+  imesh up --no-http                        # router only, same as `imesh router`
+"""
+
+ROUTER_EPILOG = """\
+examples:
+  imesh router --config mesh.yaml
+  imesh router --config mesh.yaml --listen 0.0.0.0:50051
+providers of kind "remote" are reached over gRPC at adapters started with `imesh adapter`.
+"""
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = commands.add_parser(
+        "up",
+        help="run the whole mesh (router + REST edge) in one process",
+        description=describe(
+            "Run the whole mesh in one process: providers from the config, the "
+            "router's gRPC ChatService and the OpenAI-compatible REST edge over the same "
+            "router (no gRPC hop). SIGTERM or Ctrl-C drains in-flight streams, then exits."
+        ),
+        epilog=UP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    up.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="mesh config (YAML); default: the shipped simulated-provider config",
+    )
+    up.add_argument("--listen", metavar="ADDR", help="router gRPC address (default: router.listen)")
+    up.add_argument("--http", metavar="ADDR", help="REST edge address (default: gateway.listen)")
+    up.add_argument("--no-http", action="store_true", help="do not start the REST edge")
+    up.set_defaults(func=run_up)
+
+    router = commands.add_parser(
+        "router",
+        help="run the router alone (gRPC ChatService)",
+        description=describe(
+            "Run the router alone: the gRPC ChatService over the providers in "
+            "the config. SIGTERM or Ctrl-C drains in-flight streams, then exits."
+        ),
+        epilog=ROUTER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    router.add_argument("--config", metavar="FILE", required=True, help="mesh config (YAML)")
+    router.add_argument(
+        "--listen", metavar="ADDR", help="gRPC address (default: router.listen in the config)"
+    )
+    router.set_defaults(func=run_router)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    config = load_config_or_exit(args.config or default_config_path())
+    listen = args.listen or config.router.listen
+    http = None if args.no_http else (args.http or config.gateway.listen)
+    return run(serve_mesh(config, listen, http))
+
+
+def run_router(args: argparse.Namespace) -> int:
+    config = load_config_or_exit(args.config)
+    return run(serve_mesh(config, args.listen or config.router.listen, None))
+
+
+async def serve_mesh(config: MeshConfig, listen: str, http: str | None) -> int:
+    """Router on `listen`, plus the REST edge on `http` when given, until SIGTERM/SIGINT."""
+    from adapters.factory import build_backends
+    from router.server import start_router_server
+    from router.service import ChatRouter
+
+    stopped = stop_signal()
+    try:
+        backends = build_backends(config.providers)
+    except ValueError as exc:  # a secret's variable is unset: names it, never its value
+        fail(str(exc), 2)
+    chat_router = ChatRouter(config, backends)
+    try:
+        try:
+            server = await start_router_server(
+                chat_router,
+                listen,
+                coalesce_ms=config.router.coalesce_ms,
+                max_request_bytes=config.router.max_request_bytes,
+            )
+        except (OSError, RuntimeError) as exc:
+            fail(f"error: router cannot listen on {listen}: {exc}")
+        print(f"router gRPC on {shown_address(listen, server.port)}", flush=True)
+        edge = await _start_edge(chat_router, config, http) if http else None
+        signal_name = await stopped
+        print(
+            f"{signal_name}: draining for up to {config.router.drain_s:g}s",
+            file=sys.stderr,
+            flush=True,
+        )
+        await server.stop(config.router.drain_s)
+        if edge is not None:
+            await edge.stop()
+    finally:
+        await chat_router.aclose()
+    return 0
+
+
+async def _start_edge(api: ChatAPI, config: MeshConfig, http: str) -> GatewayServer | None:
+    """The REST edge over the in-process router (no gRPC hop); None when not installed."""
+    try:
+        from gateway.server import start_gateway
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("gateway.server", "gateway"):
+            raise
+        print("edge HTTP skipped: gateway.server is not available", file=sys.stderr)
+        return None
+    try:
+        edge = await start_gateway(api, config.gateway, http)
+    except (OSError, ValueError) as exc:
+        fail(f"error: edge cannot listen on {http}: {exc}")
+    print(f"edge HTTP on http://{shown_address(http, edge.port)}", flush=True)
+    return edge

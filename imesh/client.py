@@ -1,0 +1,225 @@
+"""imesh.Client: the typed async client of the mesh's ChatService (and a blocking wrapper)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from imesh.api import CallContext
+from imesh.errors import MeshError
+from imesh.v1 import chat_pb2, chat_service_pb2, chat_service_pb2_grpc, events_pb2
+
+T = TypeVar("T")
+_NO_CONTEXT = CallContext()
+
+
+def user(text: str) -> chat_pb2.Message:
+    """A user message holding `text`."""
+    return _message(chat_pb2.ROLE_USER, text)
+
+
+def system(text: str) -> chat_pb2.Message:
+    """A system message holding `text`."""
+    return _message(chat_pb2.ROLE_SYSTEM, text)
+
+
+def assistant(text: str) -> chat_pb2.Message:
+    """An assistant message holding `text` (for multi-turn history)."""
+    return _message(chat_pb2.ROLE_ASSISTANT, text)
+
+
+def _message(role: chat_pb2.Role.ValueType, text: str) -> chat_pb2.Message:
+    return chat_pb2.Message(role=role, content=[chat_pb2.ContentPart(text=text)])
+
+
+class Client:
+    """The mesh's ChatAPI over a gRPC channel to a router.
+
+    Lifecycle: build once, share across tasks, `aclose()` (or `async with`) at the end.
+    The channel opens lazily inside the event loop that first uses it, unless `channel`
+    is given (then it is the caller's to close). `timeout` (seconds) applies to calls
+    whose CallContext sets none.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        api_key: str | None = None,
+        channel: grpc.aio.Channel | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self._target = target
+        self._api_key = api_key
+        self._timeout = timeout
+        self._channel = channel
+        self._owns_channel = channel is None
+        self._stub: chat_service_pb2_grpc.ChatServiceAsyncStub | None = None
+
+    def _chat_stub(self) -> chat_service_pb2_grpc.ChatServiceAsyncStub:
+        if self._stub is None:
+            if self._channel is None:
+                self._channel = grpc.aio.insecure_channel(self._target)
+            self._stub = chat_service_pb2_grpc.ChatServiceStub(self._channel)
+        return self._stub
+
+    def _call_options(self, ctx: CallContext | None) -> tuple[list[tuple[str, str]], float | None]:
+        ctx = ctx or _NO_CONTEXT
+        metadata: list[tuple[str, str]] = []
+        api_key = ctx.api_key or self._api_key
+        if api_key:
+            metadata.append(("authorization", f"Bearer {api_key}"))
+        if ctx.request_id:
+            metadata.append(("x-request-id", ctx.request_id))
+        return metadata, ctx.timeout if ctx.timeout is not None else self._timeout
+
+    async def chat_stream(
+        self, request: chat_pb2.ChatInput, ctx: CallContext | None = None
+    ) -> AsyncIterator[events_pb2.ChatEvent]:
+        """Events in order; an `error` event is yielded, then raised as MeshError."""
+        metadata, timeout = self._call_options(ctx)
+        call = self._chat_stub().ChatStream(
+            chat_service_pb2.ChatStreamRequest(input=request), timeout=timeout, metadata=metadata
+        )
+        try:
+            async for response in call:
+                for event in response.events:
+                    yield event
+                    if event.HasField("error"):
+                        raise MeshError.from_event(event.error)
+        except grpc.aio.AioRpcError as err:
+            raise MeshError.from_rpc_error(err) from None
+        finally:
+            call.cancel()  # no-op once the call ended; otherwise stops the router's work
+
+    async def chat(
+        self, request: chat_pb2.ChatInput, ctx: CallContext | None = None
+    ) -> chat_service_pb2.ChatResponse:
+        metadata, timeout = self._call_options(ctx)
+        try:
+            return await self._chat_stub().Chat(
+                chat_service_pb2.ChatRequest(input=request), timeout=timeout, metadata=metadata
+            )
+        except grpc.aio.AioRpcError as err:
+            raise MeshError.from_rpc_error(err) from None
+
+    async def chat_text(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        system_prompt: str | None = None,
+        max_tokens: int | None = None,
+        ctx: CallContext | None = None,
+    ) -> str:
+        """The answer's text to one prompt: the shortest way to ask the mesh something."""
+        messages = [system(system_prompt)] if system_prompt else []
+        messages.append(user(prompt))
+        request = chat_pb2.ChatInput(model=model, messages=messages, max_tokens=max_tokens)
+        response = await self.chat(request, ctx)
+        return "".join(p.text for p in response.message.content if p.HasField("text"))
+
+    async def list_models(
+        self, ctx: CallContext | None = None
+    ) -> chat_service_pb2.ListModelsResponse:
+        metadata, timeout = self._call_options(ctx)
+        try:
+            return await self._chat_stub().ListModels(
+                chat_service_pb2.ListModelsRequest(), timeout=timeout, metadata=metadata
+            )
+        except grpc.aio.AioRpcError as err:
+            raise MeshError.from_rpc_error(err) from None
+
+    async def aclose(self) -> None:
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None and self._owns_channel:
+            await channel.close(None)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class SyncClient:
+    """A blocking Client for scripts: runs one Client on a private event-loop thread.
+
+    Lifecycle: `close()` (or `with`) stops the thread. Methods may be called from any
+    thread; each call blocks until its answer (or the next event) is there.
+    """
+
+    def __init__(
+        self, target: str, *, api_key: str | None = None, timeout: float | None = None
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="imesh-sync-client", daemon=True
+        )
+        self._thread.start()
+        self._client = Client(target, api_key=api_key, timeout=timeout)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def chat(
+        self, request: chat_pb2.ChatInput, ctx: CallContext | None = None
+    ) -> chat_service_pb2.ChatResponse:
+        return self._run(self._client.chat(request, ctx))
+
+    def chat_stream(
+        self, request: chat_pb2.ChatInput, ctx: CallContext | None = None
+    ) -> Iterator[events_pb2.ChatEvent]:
+        """Events as they arrive; leaving the loop early cancels the call."""
+        stream = self._client.chat_stream(request, ctx)
+
+        async def next_event() -> events_pb2.ChatEvent | None:
+            try:
+                return await anext(stream)
+            except StopAsyncIteration:
+                return None
+
+        async def close() -> None:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+        try:
+            while (event := self._run(next_event())) is not None:
+                yield event
+        finally:
+            if not self._loop.is_closed():  # close() already ended every call
+                self._run(close())
+
+    def chat_text(self, model: str, prompt: str, **params: Any) -> str:
+        return self._run(self._client.chat_text(model, prompt, **params))
+
+    def list_models(self, ctx: CallContext | None = None) -> chat_service_pb2.ListModelsResponse:
+        return self._run(self._client.list_models(ctx))
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._client.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

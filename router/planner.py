@@ -1,0 +1,230 @@
+"""Plan: alias -> candidates -> capability filter -> policy ranking."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from imesh.errors import MeshError, invalid_argument
+from imesh.v1 import chat_pb2
+from router.breaker import CircuitBreaker
+from router.config import Capability, Deployment, HedgeConfig, MeshConfig, RetryConfig
+from router.policies import POLICY_NAMES, Candidate, Policy, build_policies
+from router.pricing import estimate_cost_micros
+from router.stats import DeploymentStats, StatsRegistry
+from router.tokens import estimate_prompt_tokens
+
+# How many known names a MODEL_NOT_FOUND message lists.
+KNOWN_NAMES_SHOWN = 8
+
+_CAPABILITY_NAMES: Mapping[int, Capability] = {
+    chat_pb2.CAPABILITY_TOOLS: "tools",
+    chat_pb2.CAPABILITY_VISION: "vision",
+    chat_pb2.CAPABILITY_JSON_SCHEMA: "json_schema",
+    chat_pb2.CAPABILITY_STREAMING: "streaming",
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    candidates: list[Candidate]
+    retry: RetryConfig
+    hedging: HedgeConfig
+    prompt_tokens_estimate: int
+    # Name of the policy that ranked the candidates (the alias's, or the caller's override).
+    policy: str = "priority"
+
+
+@dataclass(frozen=True, slots=True)
+class _Member:
+    deployment: Deployment
+    breaker: CircuitBreaker
+    stats: DeploymentStats
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Everything planning needs for one requestable name, computed once."""
+
+    members: tuple[_Member, ...]
+    policy_name: str
+    policies: Mapping[str, Policy]
+    retry: RetryConfig
+    hedging: HedgeConfig
+    hedging_on: HedgeConfig
+    hedging_off: HedgeConfig
+
+
+def _policies(rng: random.Random | None) -> dict[str, Policy]:
+    return {name: policy for name, policy in build_policies(rng).items()}
+
+
+def _hedge_variants(hedging: HedgeConfig) -> tuple[HedgeConfig, HedgeConfig]:
+    # ON with a configured max of 0 hedges would be no hedging; ON means at least one.
+    on = hedging.model_copy(update={"enabled": True, "max_hedges": max(hedging.max_hedges, 1)})
+    off = hedging.model_copy(update={"enabled": False})
+    return on, off
+
+
+class Planner:
+    """Turns a request into a ranked list of deployments to try, or a typed refusal.
+
+    Holds one policy instance per alias (and per policy name, for caller overrides), so
+    stateful policies keep their turn per alias. Runs on the event loop; never blocks.
+    """
+
+    def __init__(
+        self,
+        config: MeshConfig,
+        breakers: Mapping[str, CircuitBreaker],
+        stats: StatsRegistry,
+        rng: random.Random | None = None,
+    ) -> None:
+        missing = [d.name for d in config.deployments if d.name not in breakers]
+        if missing:
+            raise ValueError(f"no circuit breaker for deployments: {', '.join(missing)}")
+        members = {d.name: _Member(d, breakers[d.name], stats[d.name]) for d in config.deployments}
+        self._routes: dict[str, _Route] = {}
+        for alias, spec in config.aliases.items():
+            on, off = _hedge_variants(spec.hedging)
+            self._routes[alias] = _Route(
+                members=tuple(members[name] for name in spec.candidates),
+                policy_name=spec.policy,
+                policies=_policies(rng),
+                retry=spec.retry,
+                hedging=spec.hedging,
+                hedging_on=on,
+                hedging_off=off,
+            )
+        # A deployment asked for by name: one candidate, so one shared (stateless) ranking.
+        direct_policies = _policies(rng)
+        retry, hedging = RetryConfig(), HedgeConfig()
+        on, off = _hedge_variants(hedging)
+        for name, member in members.items():
+            self._routes[name] = _Route(
+                (member,), "priority", direct_policies, retry, hedging, on, off
+            )
+        names = [*config.aliases, *members]
+        shown = ", ".join(names[:KNOWN_NAMES_SHOWN])
+        more = len(names) - KNOWN_NAMES_SHOWN
+        self._known_names = f"{shown}, and {more} more" if more > 0 else shown
+
+    def plan(self, request: chat_pb2.ChatInput) -> Plan:
+        route = self._route(request.model)
+        routing = request.routing
+        policy_name = routing.policy or route.policy_name
+        policy = route.policies.get(policy_name)
+        if policy is None:
+            raise invalid_argument(
+                "input.routing.policy",
+                f"unknown policy {policy_name!r} (known: {', '.join(POLICY_NAMES)})",
+            )
+        prompt_tokens = estimate_prompt_tokens(request)
+        capable = self._capable(route.members, request, prompt_tokens)
+        candidates = [c for c in capable if c.breaker.available()]
+        if not candidates:
+            raise _all_unavailable(request.model, capable)
+        if len(candidates) > 1:
+            candidates = policy.rank(candidates, request)
+        if routing.hedging == chat_pb2.HEDGING_MODE_ON:
+            hedging = route.hedging_on
+        elif routing.hedging == chat_pb2.HEDGING_MODE_OFF:
+            hedging = route.hedging_off
+        else:
+            hedging = route.hedging
+        return Plan(
+            model=request.model,
+            candidates=candidates,
+            retry=route.retry,
+            hedging=hedging,
+            prompt_tokens_estimate=prompt_tokens,
+            policy=policy_name,
+        )
+
+    def _route(self, model: str) -> _Route:
+        if not model:
+            raise invalid_argument("input.model", "required: an alias or deployment name")
+        route = self._routes.get(model)
+        if route is None:
+            raise MeshError(
+                grpc.StatusCode.NOT_FOUND,
+                "MODEL_NOT_FOUND",
+                f"model {model!r} is not a known alias or deployment (known: {self._known_names})",
+                metadata={"model": model},
+            )
+        return route
+
+    def _capable(
+        self, members: Sequence[_Member], request: chat_pb2.ChatInput, prompt_tokens: int
+    ) -> list[Candidate]:
+        needs = _required_capabilities(request)
+        max_tokens = request.max_tokens if request.HasField("max_tokens") else 0
+        has_cost_cap = request.routing.HasField("max_cost_micros")
+        cost_cap = request.routing.max_cost_micros
+        capable: list[Candidate] = []
+        refusals: list[str] = []
+        for m in members:
+            d = m.deployment
+            completion = max_tokens if max_tokens > 0 else d.max_output_tokens
+            cost = estimate_cost_micros(prompt_tokens, completion, d.price)
+            why: list[str] = []
+            if prompt_tokens + completion > d.context_window:
+                why.append(
+                    f"context window {d.context_window} < {prompt_tokens + completion} "
+                    f"estimated tokens ({prompt_tokens} prompt + {completion} completion)"
+                )
+            lacking = needs - d.capabilities
+            if lacking:
+                why.append(f"lacks {', '.join(sorted(lacking))}")
+            if has_cost_cap and cost > cost_cap:
+                why.append(f"estimated cost {cost} micro-USD > max_cost_micros {cost_cap}")
+            if why:
+                refusals.append(f"{d.name}: {'; '.join(why)}")
+            else:
+                capable.append(Candidate(d, m.breaker, m.stats, cost))
+        if not capable:
+            raise MeshError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "NO_CAPABLE_DEPLOYMENT",
+                f"no deployment of {request.model!r} can serve this request: "
+                + " | ".join(refusals),
+                metadata={"model": request.model},
+            )
+        return capable
+
+
+def _required_capabilities(request: chat_pb2.ChatInput) -> frozenset[Capability]:
+    needs: set[Capability] = set()
+    if request.tools:
+        needs.add("tools")
+    if request.response_format.type == chat_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
+        needs.add("json_schema")
+    if any(part.HasField("image") for message in request.messages for part in message.content):
+        needs.add("vision")
+    for value in request.routing.required_capabilities:
+        if value == chat_pb2.CAPABILITY_UNSPECIFIED:
+            continue
+        name = _CAPABILITY_NAMES.get(value)
+        if name is None:
+            raise invalid_argument(
+                "input.routing.required_capabilities", f"unknown capability {value}"
+            )
+        needs.add(name)
+    return frozenset(needs)
+
+
+def _all_unavailable(model: str, capable: Sequence[Candidate]) -> MeshError:
+    waits = [(c.name, c.breaker.state.value, c.breaker.retry_after()) for c in capable]
+    retry_after = min(w for _, _, w in waits)
+    detail = ", ".join(f"{name} {state} for {wait:.1f}s" for name, state, wait in waits)
+    return MeshError(
+        grpc.StatusCode.UNAVAILABLE,
+        "ALL_BREAKERS_OPEN",
+        f"every capable deployment of {model!r} is refusing calls: {detail}",
+        retry_after=retry_after,
+        metadata={"model": model},
+    )

@@ -1,0 +1,15 @@
+"""Lowest-cost policy: cheapest estimated cost for this request first."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from imesh.v1 import chat_pb2
+from router.policies.base import Candidate
+
+
+class LowestCost:
+    name = "lowest_cost"
+
+    def rank(self, candidates: Sequence[Candidate], request: chat_pb2.ChatInput) -> list[Candidate]:
+        return sorted(candidates, key=lambda c: c.estimated_cost_micros)

@@ -1,0 +1,180 @@
+"""The gRPC face of any ChatAPI: ChatService, health, reflection, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import signal
+import uuid
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+
+from imesh.api import CallContext, ChatAPI
+from imesh.errors import MeshError
+from imesh.v1 import chat_service_pb2, chat_service_pb2_grpc
+from router.coalesce import coalesce
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = chat_service_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
+# A caller's request id is echoed into logs and events: keep it short and printable.
+_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+_Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def call_context(context: _Context) -> CallContext:
+    """Key ("authorization: Bearer K" or "x-api-key"), request id and deadline of a call."""
+    api_key: str | None = None
+    request_id: str | None = None
+    for key, value in context.invocation_metadata() or ():
+        if not isinstance(value, str):
+            continue
+        if key == "authorization":
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                api_key = token.strip()
+        elif key == "x-api-key" and api_key is None:
+            api_key = value.strip() or None
+        elif key == "x-request-id" and _REQUEST_ID.match(value):
+            request_id = value
+    return CallContext(
+        api_key=api_key,
+        request_id=request_id or uuid.uuid4().hex,
+        timeout=context.time_remaining(),
+    )
+
+
+class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
+    """Thin: metadata to CallContext, events to coalesced messages, MeshError to status."""
+
+    def __init__(self, api: ChatAPI, *, coalesce_ms: float) -> None:
+        self._api = api
+        self._window_s = coalesce_ms / 1000.0
+
+    async def Chat(
+        self, request: chat_service_pb2.ChatRequest, context: _Context
+    ) -> chat_service_pb2.ChatResponse:
+        ctx = call_context(context)
+        try:
+            return await self._api.chat(request.input, ctx)
+        except MeshError as exc:
+            await _abort(context, exc)
+        except Exception:
+            await _abort_internal(context, ctx)
+        raise AssertionError("unreachable: abort raises")
+
+    async def ChatStream(  # type: ignore[override]  # writes via context, returns nothing
+        self, request: chat_service_pb2.ChatStreamRequest, context: _Context
+    ) -> None:
+        ctx = call_context(context)
+        await context.send_initial_metadata((("x-request-id", ctx.request_id or ""),))
+        # context.write (not yield): a cancelled call then interrupts this coroutine
+        # wherever it waits, and the aclosing blocks close the stream down to the backend.
+        try:
+            batches = coalesce(self._api.chat_stream(request.input, ctx), self._window_s)
+            async with contextlib.aclosing(batches):
+                async for batch in batches:
+                    await context.write(chat_service_pb2.ChatStreamResponse(events=batch))
+        except MeshError as exc:
+            await _abort(context, exc)
+        except Exception:
+            await _abort_internal(context, ctx)
+
+    async def ListModels(
+        self, request: chat_service_pb2.ListModelsRequest, context: _Context
+    ) -> chat_service_pb2.ListModelsResponse:
+        ctx = call_context(context)
+        try:
+            return await self._api.list_models(ctx)
+        except MeshError as exc:
+            await _abort(context, exc)
+        raise AssertionError("unreachable: abort raises")
+
+
+async def _abort(context: _Context, error: MeshError) -> None:
+    """Ends the call with the error's status and its google.rpc details."""
+    status = error.to_status()
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+async def _abort_internal(context: _Context, ctx: CallContext) -> None:
+    log.exception("request %s failed unexpectedly", ctx.request_id)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {ctx.request_id})")
+
+
+class RouterServer:
+    """A started grpc.aio server: ChatService, grpc.health.v1 and reflection.
+
+    `stop(drain_s)` marks health NOT_SERVING, refuses new calls, lets running streams
+    finish for up to `drain_s`, then cancels them (which closes their upstream calls).
+    """
+
+    def __init__(self, server: grpc.aio.Server, port: int, health: health_aio.HealthServicer):
+        self.server = server
+        self.port = port
+        self.health = health
+        self.stopping: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self, drain_s: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace=drain_s)
+
+    async def wait_for_termination(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def start_router_server(
+    api: ChatAPI,
+    listen: str,
+    *,
+    coalesce_ms: float = 2.0,
+    max_request_bytes: int = 4 * 1024 * 1024,
+) -> RouterServer:
+    """Serve `api` on `listen` ("127.0.0.1:0" picks a free port, see `.port`)."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_request_bytes),
+            # A second router on a taken port must fail, not silently share it.
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    chat_service_pb2_grpc.add_ChatServiceServicer_to_server(
+        ChatServicer(api, coalesce_ms=coalesce_ms), server
+    )
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    await server.start()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    await health_servicer.set("", serving)
+    await health_servicer.set(SERVICE_NAME, serving)
+    return RouterServer(server, port, health_servicer)
+
+
+def install_sigterm(
+    loop: asyncio.AbstractEventLoop, router_server: RouterServer, drain_s: float
+) -> None:
+    """On SIGTERM, drain `router_server` for up to `drain_s` (once, however many signals)."""
+
+    def on_sigterm() -> None:
+        if router_server.stopping is None:
+            log.info("SIGTERM: draining for up to %.1fs", drain_s)
+            router_server.stopping = loop.create_task(router_server.stop(drain_s))
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)

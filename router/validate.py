@@ -1,0 +1,151 @@
+"""Request validation: a ChatInput the router can route, or INVALID_ARGUMENT naming the field."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from imesh.errors import invalid_argument
+from imesh.v1 import chat_pb2
+
+# OpenAI's limits, so a request valid here is valid at every provider we translate to.
+MAX_STOP_SEQUENCES = 4
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_KNOWN_ROLES = frozenset(
+    {
+        chat_pb2.ROLE_SYSTEM,
+        chat_pb2.ROLE_USER,
+        chat_pb2.ROLE_ASSISTANT,
+        chat_pb2.ROLE_TOOL,
+        chat_pb2.ROLE_DEVELOPER,
+    }
+)
+_IMAGE_SCHEMES = ("https://", "http://", "data:")
+
+
+def validate_chat_input(request: chat_pb2.ChatInput) -> None:
+    """Raises MeshError INVALID_ARGUMENT for the first problem found, naming its field
+    as `input.<path>` (the path in ChatRequest/ChatStreamRequest)."""
+    if not request.model:
+        raise invalid_argument("input.model", "required: an alias or deployment name")
+    _validate_messages(request)
+    _validate_sampling(request)
+    tool_names = _validate_tools(request)
+    _validate_tool_choice(request, tool_names)
+    _validate_response_format(request)
+    if request.routing.HasField("max_cost_micros") and request.routing.max_cost_micros < 0:
+        raise invalid_argument("input.routing.max_cost_micros", "must not be negative")
+
+
+def _validate_messages(request: chat_pb2.ChatInput) -> None:
+    if not request.messages:
+        raise invalid_argument("input.messages", "at least one message is required")
+    for i, message in enumerate(request.messages):
+        where = f"input.messages[{i}]"
+        if message.role not in _KNOWN_ROLES:
+            raise invalid_argument(f"{where}.role", f"unknown role {message.role}")
+        if message.role == chat_pb2.ROLE_TOOL and not message.tool_call_id:
+            raise invalid_argument(f"{where}.tool_call_id", "required for role TOOL")
+        if message.tool_calls and message.role != chat_pb2.ROLE_ASSISTANT:
+            raise invalid_argument(f"{where}.tool_calls", "only assistant messages carry calls")
+        if not message.content and not message.tool_calls:
+            raise invalid_argument(f"{where}.content", "empty: give content or tool calls")
+        for j, part in enumerate(message.content):
+            which = part.WhichOneof("part")
+            if which is None:
+                raise invalid_argument(f"{where}.content[{j}]", "empty part: set text or image")
+            if which == "image":
+                if message.role != chat_pb2.ROLE_USER:
+                    raise invalid_argument(
+                        f"{where}.content[{j}].image", "images are allowed in user messages only"
+                    )
+                if not part.image.url.startswith(_IMAGE_SCHEMES):
+                    raise invalid_argument(
+                        f"{where}.content[{j}].image.url", "must be an http(s) or data: URL"
+                    )
+        for j, call in enumerate(message.tool_calls):
+            if not call.id:
+                raise invalid_argument(f"{where}.tool_calls[{j}].id", "required")
+            if not call.name:
+                raise invalid_argument(f"{where}.tool_calls[{j}].name", "required")
+            _json(f"{where}.tool_calls[{j}].arguments_json", call.arguments_json, allow_empty=True)
+
+
+def _validate_sampling(request: chat_pb2.ChatInput) -> None:
+    if request.HasField("temperature") and not 0.0 <= request.temperature <= 2.0:
+        raise invalid_argument("input.temperature", "must be between 0 and 2")
+    if request.HasField("top_p") and not 0.0 <= request.top_p <= 1.0:
+        raise invalid_argument("input.top_p", "must be between 0 and 1")
+    if request.HasField("max_tokens") and request.max_tokens < 0:
+        raise invalid_argument("input.max_tokens", "must not be negative")
+    if len(request.stop) > MAX_STOP_SEQUENCES:
+        raise invalid_argument("input.stop", f"at most {MAX_STOP_SEQUENCES} stop sequences")
+    for i, stop in enumerate(request.stop):
+        if not stop:
+            raise invalid_argument(f"input.stop[{i}]", "must not be empty")
+
+
+def _validate_tools(request: chat_pb2.ChatInput) -> set[str]:
+    names: set[str] = set()
+    for i, tool in enumerate(request.tools):
+        where = f"input.tools[{i}]"
+        if not _TOOL_NAME.match(tool.name):
+            raise invalid_argument(
+                f"{where}.name", "required: 1-64 letters, digits, underscores or dashes"
+            )
+        if tool.name in names:
+            raise invalid_argument(f"{where}.name", f"duplicate tool name {tool.name!r}")
+        names.add(tool.name)
+        if tool.parameters_json:
+            schema = _json(f"{where}.parameters_json", tool.parameters_json)
+            if not isinstance(schema, dict):
+                raise invalid_argument(f"{where}.parameters_json", "must be a JSON object")
+    return names
+
+
+def _validate_tool_choice(request: chat_pb2.ChatInput, tool_names: set[str]) -> None:
+    choice = request.tool_choice
+    which = choice.WhichOneof("choice")
+    if which == "function_name" and choice.function_name not in tool_names:
+        raise invalid_argument(
+            "input.tool_choice.function_name", f"no tool named {choice.function_name!r}"
+        )
+    if which == "mode" and choice.mode == chat_pb2.TOOL_CHOICE_MODE_REQUIRED and not tool_names:
+        raise invalid_argument("input.tool_choice.mode", "REQUIRED needs at least one tool")
+
+
+def _validate_response_format(request: chat_pb2.ChatInput) -> None:
+    fmt = request.response_format
+    if fmt.type != chat_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
+        if fmt.json_schema:
+            raise invalid_argument(
+                "input.response_format.json_schema", "only allowed with type JSON_SCHEMA"
+            )
+        return
+    if not fmt.schema_name:
+        raise invalid_argument("input.response_format.schema_name", "required for JSON_SCHEMA")
+    schema = _json("input.response_format.json_schema", fmt.json_schema)
+    if not isinstance(schema, dict):
+        raise invalid_argument("input.response_format.json_schema", "must be a JSON object")
+
+
+def _json(field_path: str, text: str, *, allow_empty: bool = False) -> object:
+    if not text:
+        if allow_empty:
+            return None
+        raise invalid_argument(field_path, "required: JSON text")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise invalid_argument(field_path, f"not valid JSON ({_why(exc)})") from None
+
+
+def _reject_constant(name: str) -> float:
+    # NaN/Infinity are not JSON; providers would reject them later with a vaguer message.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    return str(exc)

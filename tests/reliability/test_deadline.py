@@ -1,0 +1,110 @@
+"""Deadlines: the caller's bounds everything; first-token and attempt timeouts fail an attempt."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from imesh.api import CallContext
+from imesh.errors import MeshError
+from router.recorder import Outcome
+from tests.reliability.mesh_fakes import (
+    Script,
+    collect,
+    kinds,
+    make_mesh,
+    other_tasks,
+    text_of,
+    user_input,
+)
+
+DUO = {"duo": {"candidates": ["dep-a", "dep-b"], "policy": "priority"}}
+SLACK_S = 0.1
+
+
+async def test_deadline_before_the_first_token_raises_deadline_exceeded_in_time() -> None:
+    mesh = make_mesh({"dep-a": [Script(ttft=10.0)], "dep-b": [Script(ttft=10.0)]}, aliases=DUO)
+    started = time.monotonic()
+    events, error = await collect(mesh, user_input("duo"), CallContext(timeout=0.2))
+    elapsed = time.monotonic() - started
+    assert events == []
+    assert isinstance(error, MeshError)
+    assert error.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert error.reason == "DEADLINE_EXCEEDED"
+    assert 0.2 <= elapsed < 0.2 + SLACK_S
+    # The upstream call was closed, not left running past the caller's deadline.
+    [call] = mesh.calls()
+    assert call.cancelled
+    assert call.closed_at is not None
+    assert call.closed_at - started < 0.2 + SLACK_S
+    assert other_tasks() == []
+
+
+async def test_first_token_timeout_fails_the_attempt_and_falls_back() -> None:
+    mesh = make_mesh(
+        {"dep-a": [Script(ttft=5.0)], "dep-b": [Script(tokens=["b"])]},
+        aliases=DUO,
+        router={"timeouts": {"first_token": 0.1, "attempt": 1, "request": 2}},
+    )
+    started = time.monotonic()
+    events, error = await collect(mesh, user_input("duo"))
+    assert error is None
+    assert text_of(events) == "b"
+    assert time.monotonic() - started < 0.1 + SLACK_S
+    [timed_out] = mesh.sink.by_deployment("dep-a")
+    assert timed_out.outcome is Outcome.FAILURE
+    assert timed_out.error is not None
+    assert timed_out.error.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert timed_out.error.reason == "FIRST_TOKEN_TIMEOUT"
+
+
+async def test_attempt_timeout_after_output_ends_the_stream_with_an_error_event() -> None:
+    mesh = make_mesh(
+        {"dep-a": [Script(tokens=["a", "b", "c"], stall_at=1)]},
+        aliases=DUO,
+        router={"timeouts": {"first_token": 0.1, "attempt": 0.2, "request": 2}},
+    )
+    events, error = await collect(mesh, user_input("duo"))
+    assert kinds(events) == ["start", "content", "error"]
+    assert isinstance(error, MeshError)
+    assert error.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert error.reason == "UPSTREAM_INTERRUPTED"
+    assert error.metadata["upstream_reason"] == "ATTEMPT_TIMEOUT"
+    assert len(mesh.calls()) == 1  # after output, never a retry
+
+
+async def test_caller_deadline_after_output_ends_with_deadline_exceeded() -> None:
+    mesh = make_mesh({"dep-a": [Script(tokens=["a", "b"], stall_at=1)]}, aliases=DUO)
+    started = time.monotonic()
+    events, error = await collect(mesh, user_input("duo"), CallContext(timeout=0.15))
+    assert time.monotonic() - started < 0.15 + SLACK_S
+    assert kinds(events) == ["start", "content", "error"]
+    assert events[-1].error.reason == "DEADLINE_EXCEEDED"
+    assert events[-1].error.partial_usage.estimated
+    assert events[-1].error.partial_usage.cost_micros > 0
+    assert isinstance(error, MeshError)
+    assert error.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert error.reason == "DEADLINE_EXCEEDED"
+    assert mesh.calls()[0].closed_at is not None
+
+
+async def test_no_retry_starts_when_the_backoff_would_outlast_the_deadline() -> None:
+    from tests.reliability.mesh_fakes import MaxJitter, unavailable
+
+    mesh = make_mesh(
+        {"dep-a": [Script(fail_at=0, error=unavailable())]},
+        aliases={
+            "solo": {
+                "candidates": ["dep-a"],
+                "retry": {"max_attempts": 5, "backoff_base_ms": 500, "backoff_max_ms": 500},
+            }
+        },
+        rng=MaxJitter(),
+    )
+    started = time.monotonic()
+    _, error = await collect(mesh, user_input("solo"), CallContext(timeout=0.3))
+    assert time.monotonic() - started < 0.1
+    assert isinstance(error, MeshError)
+    assert error.code is grpc.StatusCode.UNAVAILABLE
+    assert len(mesh.calls()) == 1
