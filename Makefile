@@ -35,13 +35,16 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/buf lint
 
+# Generated code lands in imesh/v1 (OUT=root of the tree to write into).
+OUT ?= .
 proto: $(STAMP)
-	PYTHON=$(BIN)/python scripts/gen_proto.sh
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -I proto --python_out=$(OUT) --mypy_out=$(OUT) \
+	  --grpc_python_out=$(OUT) --mypy_grpc_out=$(OUT) proto/imesh/v1/*.proto
 
 ## Fails when the committed generated code differs from what proto/ generates.
 proto-check: $(STAMP)
 	$(BIN)/buf lint
-	@tmp=$$(mktemp -d); PYTHON=$(BIN)/python scripts/gen_proto.sh $$tmp >/dev/null; \
+	@tmp=$$(mktemp -d); $(MAKE) -s proto OUT=$$tmp >/dev/null; \
 	  if diff -r -x __init__.py -x py.typed -x __pycache__ $$tmp/imesh/v1 imesh/v1 >/dev/null; then \
 	    echo "generated code is current"; rm -rf $$tmp; \
 	  else diff -r -x __init__.py -x py.typed -x __pycache__ $$tmp/imesh/v1 imesh/v1 | head -20; \

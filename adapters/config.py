@@ -95,6 +95,10 @@ class OpenAIConfig(Strict):
     base_url: str = "https://api.openai.com/v1"
     api_key: SecretRef
     organization: str | None = None
+    # False: call without `stream: true` and turn the whole answer into events.
+    streaming: bool = True
+    # tiktoken encoding for local estimates when a stream is cut before its usage chunk.
+    tokenizer: str = "o200k_base"
     http2: bool = True
     timeouts: HttpTimeouts = HttpTimeouts()
     max_connections: int = Field(100, ge=1)
@@ -107,6 +111,8 @@ class AnthropicConfig(Strict):
     api_version: str = "2023-06-01"
     # Anthropic requires max_tokens; used when the caller sets none.
     default_max_tokens: int = Field(4096, ge=1)
+    # Claude's tokenizer is not public: local estimates (cut streams only) use this one.
+    tokenizer: str = "cl100k_base"
     http2: bool = True
     timeouts: HttpTimeouts = HttpTimeouts()
     max_connections: int = Field(100, ge=1)
@@ -121,6 +127,12 @@ class OpenAICompatibleConfig(Strict):
     # Quirks of the server.
     supports_stream_options: bool = True
     supports_tools: bool = True
+    # Many servers reject the "developer" role; it is then sent as "system".
+    supports_developer_role: bool = False
+    # False: call without `stream: true` (servers or proxies that buffer streams).
+    streaming: bool = True
+    # The request field bounding completion length.
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     # tiktoken encoding for local counts when the server reports no usage.
     tokenizer: str = "o200k_base"
     http2: bool = False

