@@ -1,0 +1,248 @@
+"""The edge's Starlette app: thin raw-ASGI handlers over a ChatAPI (in-process or gRPC).
+
+Handlers parse, validate, call the router through ChatAPI and map failures through
+gateway.errors; no routing logic lives here. They are raw ASGI callables (no Request /
+Response objects per call) because this is the hot path of every external request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import grpc
+from starlette.applications import Starlette
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from gateway.errors import log_unexpected
+from gateway.responses import Exchange, malformed_key, send_error, send_json
+from gateway.sse import DisconnectWatch, relay_stream
+from gateway.translate_request import parse_chat_body
+from gateway.translate_response import completion_body, model_body, model_objects, models_body
+from imesh.api import CallContext, ChatAPI
+from imesh.errors import MeshError
+from imesh.v1 import chat_service_pb2
+from router.config import GatewaySettings
+
+Handler = Callable[[Exchange, Scope, Receive, Send], Awaitable[None]]
+
+CHAT_PATH = "/v1/chat/completions"
+_KNOWN_PATHS = frozenset({CHAT_PATH, "/v1/models", "/healthz", "/readyz"})
+_OK_BODY = b'{"status":"ok"}'
+# Bounds a readiness probe's wait on the router; probes must answer fast either way.
+READY_TIMEOUT_S = 2.0
+
+
+class ClientGone(Exception):
+    """The caller disconnected before its request body arrived."""
+
+
+def create_app(api: ChatAPI, settings: GatewaySettings, *, owns_api: bool = False) -> Starlette:
+    """The edge as an ASGI app. With `owns_api`, the app's shutdown closes `api`."""
+    edge = _Edge(api, settings)
+    routes = [
+        Route(CHAT_PATH, _Endpoint(edge.chat_completions), methods=["POST"]),
+        Route("/v1/models", _Endpoint(edge.list_models), methods=["GET"]),
+        Route("/v1/models/{model_id:path}", _Endpoint(edge.retrieve_model), methods=["GET"]),
+        Route("/healthz", _Endpoint(edge.healthz), methods=["GET"]),
+        Route("/readyz", _Endpoint(edge.readyz), methods=["GET"]),
+        # Last: anything else gets an OpenAI-style 404/405 instead of Starlette's plain text.
+        Route("/{path:path}", _Endpoint(edge.unknown_route)),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if owns_api:
+                await api.aclose()
+
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+class _Endpoint:
+    """Wraps a handler as a raw ASGI app (Starlette passes non-function endpoints through),
+    opening the Exchange and turning an unexpected failure into an opaque 500."""
+
+    __slots__ = ("_handler",)
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ex = Exchange.begin(scope)
+        try:
+            if ex.bad_key:
+                await send_error(send, ex, malformed_key())
+                return
+            await self._handler(ex, scope, receive, send)
+        except Exception as exc:
+            log_unexpected(exc)
+            if not ex.started:
+                await send_error(send, ex, exc)
+
+
+class _Edge:
+    """The handlers; built once per app, sharing one ChatAPI (one channel per worker)."""
+
+    def __init__(self, api: ChatAPI, settings: GatewaySettings) -> None:
+        self._api = api
+        self._max_body = settings.max_body_bytes
+        self._created = int(time.time())
+
+    async def chat_completions(
+        self, ex: Exchange, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        try:
+            call = parse_chat_body(await read_body(receive, ex, self._max_body))
+        except ClientGone:
+            return
+        except MeshError as exc:
+            await send_error(send, ex, exc)
+            return
+        ctx = CallContext(api_key=ex.api_key, request_id=ex.request_id)
+        completion_id = "chatcmpl-" + ex.request_id
+        model = call.input.model
+        created = int(time.time())
+        if call.stream:
+            events = self._api.chat_stream(call.input, ctx)
+            args = (completion_id, model, created, call.include_usage)
+            await relay_stream(events, args, ex, receive, send)
+            return
+
+        watch = DisconnectWatch(receive)
+        waited = time.perf_counter()
+        try:
+            response = await self._api.chat(call.input, ctx)
+        except asyncio.CancelledError:
+            if watch.absorb_cancel():
+                return  # the caller left; cancelling the call cancelled the upstream
+            raise
+        except Exception as exc:
+            ex.waited_s += time.perf_counter() - waited
+            watch.stop()
+            log_unexpected(exc)
+            await send_error(send, ex, exc)
+            return
+        finally:
+            watch.stop()
+        ex.waited_s += time.perf_counter() - waited
+        await send_json(send, ex, 200, completion_body(response, completion_id, model, created))
+
+    async def list_models(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
+        models = await self._models(ex, send)
+        if models is not None:
+            await send_json(send, ex, 200, models_body(models, self._created))
+
+    async def retrieve_model(
+        self, ex: Exchange, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        wanted = scope["path_params"]["model_id"]
+        models = await self._models(ex, send)
+        if models is None:
+            return
+        for model in model_objects(models, self._created):
+            if model["id"] == wanted:
+                await send_json(send, ex, 200, model_body(model))
+                return
+        await send_error(send, ex, model_not_found(wanted))
+
+    async def healthz(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, ex, 200, _OK_BODY)
+
+    async def readyz(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
+        """Ready when the router answers and at least one deployment's breaker is closed."""
+        ctx = CallContext(api_key=ex.api_key, request_id=ex.request_id, timeout=READY_TIMEOUT_S)
+        try:
+            models = await asyncio.wait_for(self._api.list_models(ctx), READY_TIMEOUT_S)
+        except (MeshError, grpc.RpcError, TimeoutError) as exc:
+            reason = exc.reason if isinstance(exc, MeshError) else type(exc).__name__
+            await send_json(send, ex, 503, _unready(f"router unreachable ({reason})"))
+            return
+        closed = chat_service_pb2.BREAKER_STATE_CLOSED
+        if any(d.breaker_state == closed for d in models.deployments):
+            await send_json(send, ex, 200, _OK_BODY)
+        else:
+            await send_json(send, ex, 503, _unready("no deployment has a closed breaker"))
+
+    async def unknown_route(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if path in _KNOWN_PATHS or path.startswith("/v1/models/"):
+            body = b'{"error":{"message":"method not allowed","type":"invalid_request_error",'
+            body += b'"param":null,"code":"method_not_allowed"}}'
+            await send_json(send, ex, 405, body)
+            return
+        err = MeshError(
+            grpc.StatusCode.NOT_FOUND,
+            "UNKNOWN_URL",
+            f"Unknown request URL: {scope['method']} {path}",
+        )
+        await send_error(send, ex, err)
+
+    async def _models(self, ex: Exchange, send: Send) -> chat_service_pb2.ListModelsResponse | None:
+        ctx = CallContext(api_key=ex.api_key, request_id=ex.request_id)
+        waited = time.perf_counter()
+        try:
+            models = await self._api.list_models(ctx)
+        except Exception as exc:
+            ex.waited_s += time.perf_counter() - waited
+            log_unexpected(exc)
+            await send_error(send, ex, exc)
+            return None
+        ex.waited_s += time.perf_counter() - waited
+        return models
+
+
+async def read_body(receive: Receive, ex: Exchange, limit: int) -> bytes:
+    """The whole request body, refusing more than `limit` bytes before reading (declared
+    length) and while reading (chunked or lying clients). Time spent waiting for the
+    caller's bytes is not counted as edge overhead."""
+    declared = ex.content_length
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    body = b""
+    parts: list[bytes] | None = None
+    size = 0
+    while True:
+        waited = time.perf_counter()
+        message = await receive()
+        ex.waited_s += time.perf_counter() - waited
+        if message["type"] != "http.request":
+            raise ClientGone
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        if not body:
+            body = chunk
+        else:
+            if parts is None:
+                parts = [body]
+            parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts) if parts is not None else body
+
+
+def too_large(limit: int) -> MeshError:
+    return MeshError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "REQUEST_TOO_LARGE",
+        f"the request body exceeds the limit of {limit} bytes",
+    )
+
+
+def model_not_found(model: str) -> MeshError:
+    return MeshError(
+        grpc.StatusCode.NOT_FOUND,
+        "MODEL_NOT_FOUND",
+        f"The model '{model}' does not exist or you do not have access to it.",
+    )
+
+
+def _unready(reason: str) -> bytes:
+    return json.dumps({"status": "unavailable", "reason": reason}).encode()

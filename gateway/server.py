@@ -1,0 +1,157 @@
+"""Serving the edge on uvicorn (uvloop, httptools): embedded in a running loop, or standalone.
+
+Embedded (`imesh up`): `serve_gateway` runs uvicorn on the caller's event loop until
+cancelled, calling the router in-process; the process keeps its own signal handling.
+Standalone (`imesh gateway`): `run_standalone` starts N uvicorn workers; each builds one
+`imesh.Client` (one gRPC channel) in its app factory and closes it at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Generator
+
+import uvicorn
+from starlette.applications import Starlette
+
+from gateway.app import create_app
+from imesh.api import ChatAPI
+from router.config import GatewaySettings
+
+# How the standalone parent hands its config to worker processes (which import the app).
+ENV_ROUTER = "IMESH_GATEWAY_ROUTER"
+ENV_SETTINGS = "IMESH_GATEWAY_SETTINGS"
+# Seconds shutdown waits for in-flight responses (streams) before cancelling them.
+GRACEFUL_S = 10
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """ "HOST:PORT" (or "[V6]:PORT") -> (host, port); raises ValueError naming the input."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal capture (the embedding process owns SIGINT/SIGTERM)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
+class GatewayServer:
+    """The edge serving on the current event loop. `start()`, then `stop()` (or `wait()`)."""
+
+    def __init__(self, app: Starlette, listen: str, graceful_s: int = GRACEFUL_S) -> None:
+        host, port = parse_listen(listen)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            loop="none",  # serve on the caller's loop (uvloop when the CLI installed it)
+            http="httptools",
+            ws="none",
+            lifespan="on",
+            log_config=None,  # embedded: leave the process's logging alone
+            access_log=False,  # no per-request logging on the hot path
+            timeout_graceful_shutdown=graceful_s,
+        )
+        self._server = _EmbeddedServer(config)
+        self._task: asyncio.Task[None] | None = None
+        self._listen = listen
+
+    async def start(self) -> None:
+        """Bind and start serving; raises OSError when the address cannot be used."""
+        self._task = asyncio.get_running_loop().create_task(self._serve())
+        ready = asyncio.ensure_future(self._server.ready.wait())
+        await asyncio.wait({self._task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if self._task.done():
+            self._task.result()
+            raise OSError(f"gateway stopped during startup on {self._listen}")
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful after listening on port 0)."""
+        sockets = self._server.servers[0].sockets
+        return int(sockets[0].getsockname()[1])
+
+    async def wait(self) -> None:
+        """Until the server stops."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight responses finish (bounded), run app shutdown."""
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        await self._task
+
+    async def _serve(self) -> None:
+        try:
+            await self._server.serve()
+        except SystemExit:
+            # uvicorn exits the process when it cannot bind; embedded, that is an error.
+            raise OSError(f"gateway cannot listen on {self._listen}") from None
+
+
+async def start_gateway(api: ChatAPI, settings: GatewaySettings, listen: str) -> GatewayServer:
+    """The edge over `api`, serving on `listen` (port 0 picks a free port) in this loop."""
+    server = GatewayServer(create_app(api, settings), listen)
+    await server.start()
+    return server
+
+
+async def serve_gateway(api: ChatAPI, settings: GatewaySettings, listen: str) -> None:
+    """Serve the edge in the current loop until cancelled; `api` stays the caller's to close."""
+    server = await start_gateway(api, settings, listen)
+    try:
+        await server.wait()
+    finally:
+        await server.stop()
+
+
+def run_standalone(router_addr: str, listen: str, workers: int, settings: GatewaySettings) -> None:
+    """`imesh gateway`: N uvicorn workers on uvloop, each with one gRPC client to the router.
+
+    Blocks until SIGINT/SIGTERM.
+    """
+    host, port = parse_listen(listen)
+    os.environ[ENV_ROUTER] = router_addr
+    os.environ[ENV_SETTINGS] = settings.model_dump_json()
+    uvicorn.run(
+        "gateway.server:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        ws="none",
+        lifespan="on",
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_S,
+    )
+
+
+def app_from_env() -> Starlette:
+    """App factory run in each standalone worker: one imesh.Client, closed at shutdown."""
+    from imesh import Client  # the gRPC client is only needed when deployed apart
+
+    settings = GatewaySettings.model_validate_json(os.environ[ENV_SETTINGS])
+    return create_app(Client(os.environ[ENV_ROUTER]), settings, owns_api=True)

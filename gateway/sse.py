@@ -1,0 +1,124 @@
+"""Relays a ChatEvent stream to the caller as SSE, frame by frame, and cancels on disconnect.
+
+Each event is written the moment it arrives (one ASGI send per frame, nothing held back
+except usage, which OpenAI puts last). Response headers wait for the first event, so a
+failure before it still gets its real HTTP status, and the overhead header can be measured
+to the first chunk. When the caller goes away the request task is cancelled, which closes
+the event iterator and with it the call to the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from starlette.types import Receive, Send
+
+from gateway.errors import as_mesh_error, log_unexpected
+from gateway.responses import Exchange, send_error
+from gateway.translate_response import ChunkEncoder
+from imesh.v1 import events_pb2
+
+SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    # Tells nginx-style proxies in front of the edge not to buffer the stream.
+    (b"x-accel-buffering", b"no"),
+)
+
+
+class DisconnectWatch:
+    """Cancels the current task when the ASGI server reports `http.disconnect`.
+
+    Start it after the request body has been read; `stop()` it before the final send
+    (the server also reports `http.disconnect` once the response is complete). `gone` tells
+    a CancelledError caused by the caller leaving from one caused by server shutdown.
+    """
+
+    __slots__ = ("_task", "_watcher", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None, "DisconnectWatch needs a running task"
+        self._task = task
+        self.gone = False
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                self._task.cancel()
+                return
+
+    def stop(self) -> None:
+        self._watcher.cancel()
+
+    def absorb_cancel(self) -> bool:
+        """After a CancelledError: True (and the cancel undone) when the caller left."""
+        if not self.gone:
+            return False
+        self._task.uncancel()
+        return True
+
+
+async def relay_stream(
+    events: AsyncIterator[events_pb2.ChatEvent],
+    encoder_args: tuple[str, str, int, bool],
+    ex: Exchange,
+    receive: Receive,
+    send: Send,
+) -> None:
+    """Send `events` as an SSE response; any failure ends it the way the SDK expects."""
+    watch = DisconnectWatch(receive)
+    try:
+        await _relay(events, ChunkEncoder(*encoder_args), ex, watch, send)
+    except asyncio.CancelledError:
+        if not watch.absorb_cancel():
+            raise
+    finally:
+        watch.stop()
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            # Closing cancels the call upstream when it is still running (caller gone).
+            await aclose()
+
+
+async def _relay(
+    events: AsyncIterator[events_pb2.ChatEvent],
+    encoder: ChunkEncoder,
+    ex: Exchange,
+    watch: DisconnectWatch,
+    send: Send,
+) -> None:
+    waited = time.perf_counter()
+    try:
+        first = await anext(events)
+    except StopAsyncIteration:
+        first = None
+    except Exception as exc:  # before any byte went out: a plain HTTP error answers it
+        ex.waited_s += time.perf_counter() - waited
+        log_unexpected(exc)
+        watch.stop()
+        await send_error(send, ex, exc)
+        return
+    ex.waited_s += time.perf_counter() - waited
+
+    body = encoder.frame(first) if first is not None else b""
+    ex.started = True
+    await send({"type": "http.response.start", "status": 200, "headers": ex.headers(SSE_HEADERS)})
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+    try:
+        async for event in events:
+            frame = encoder.frame(event)
+            if frame:
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+    except Exception as exc:  # after the start: the SSE error frame is the only way to say it
+        log_unexpected(exc)
+        tail = encoder.error(as_mesh_error(exc))
+    else:
+        tail = encoder.tail() if not encoder.errored else b""
+    watch.stop()
+    await send({"type": "http.response.body", "body": tail, "more_body": False})
