@@ -12,6 +12,7 @@ import grpc
 
 from imesh.errors import MeshError
 from imesh.v1 import events_pb2
+from router.breaker import BreakerState, CircuitBreaker
 from router.policies.base import Candidate
 from router.pricing import cost_micros
 
@@ -147,6 +148,23 @@ class Recorder:
     @staticmethod
     def _verdict(candidate: Candidate, outcome: Outcome, error: MeshError | None) -> None:
         breaker = candidate.breaker
+        before = breaker.state
+        Recorder._apply_verdict(breaker, outcome, error)
+        after = breaker.state
+        if after is not before:
+            # Rare and operator-relevant: the only log line on the request path.
+            level = logging.WARNING if after is BreakerState.OPEN else logging.INFO
+            log.log(
+                level,
+                "deployment %s: breaker %s -> %s (%s)",
+                candidate.deployment.name,
+                before.name.lower(),
+                after.name.lower(),
+                error.reason if error is not None else outcome.value,
+            )
+
+    @staticmethod
+    def _apply_verdict(breaker: CircuitBreaker, outcome: Outcome, error: MeshError | None) -> None:
         if outcome is Outcome.SUCCESS:
             breaker.record_success()
         elif outcome is Outcome.CANCELLED:
