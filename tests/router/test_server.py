@@ -225,7 +225,8 @@ async def test_call_context_carries_key_request_id_and_deadline() -> None:
     with_deadline, without = api.contexts
     assert (with_deadline.api_key, with_deadline.request_id) == ("abc", "rid-7")
     assert with_deadline.timeout is not None
-    assert 2 < with_deadline.timeout <= 5  # slack: channel connect under load
+    # grpc sends the timeout rounded up, so the server can see a hair over 5 s
+    assert 2 < with_deadline.timeout <= 5.5
     assert without.api_key is None
     assert without.timeout is None
     assert without.request_id  # made up by the server when the caller sent none
