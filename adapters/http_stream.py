@@ -113,6 +113,7 @@ async def stream_events(
                 failure.usage = usage
                 raise failure
             raise interrupted(provider, failure.message, usage, cause=failure)
+        await _drain(events)
         for event in await translator.final_events():
             yield event
     finally:
@@ -193,6 +194,22 @@ async def _read_limited(response: httpx.Response) -> bytes:
         if size >= ERROR_BODY_LIMIT:
             break
     return b"".join(chunks)[:ERROR_BODY_LIMIT]
+
+
+# After the provider's terminal event only the body's end (the chunked terminator) is
+# left; reading it lets httpx return the connection to the pool instead of dropping it.
+# A provider that keeps talking past its terminal event loses the connection instead.
+_DRAIN_S = 0.25
+_DRAIN_EVENTS = 8
+
+
+async def _drain(events: AsyncIterator[SSEEvent]) -> None:
+    try:
+        async with asyncio.timeout(_DRAIN_S):
+            for _ in range(_DRAIN_EVENTS):
+                await anext(events)
+    except (StopAsyncIteration, TimeoutError, httpx.HTTPError, ValueError):
+        pass
 
 
 async def _next_within(events: AsyncIterator[SSEEvent], bound: float | None) -> SSEEvent | None:

@@ -6,13 +6,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from imesh.cli import adapter, chat, gateway, models, up
+from imesh.cli import adapter, bench, chat, gateway, models, up
 
 DESCRIPTION = """\
 inference-mesh: a gRPC-native LLM inference mesh.
 
 Run it:      imesh up | imesh router | imesh adapter NAME | imesh gateway
 Talk to it:  imesh chat "prompt" | imesh models
+Measure it:  imesh bench
 """
 EPILOG = """\
 examples:
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (up, adapter, gateway, chat, models):
+    for module in (up, adapter, gateway, chat, models, bench):
         module.register(commands)
     return parser
 

@@ -545,3 +545,14 @@ async def test_official_sdk_reads_the_fakes_errors(
     assert isinstance(body, dict)
     assert body["type"] == "error"
     assert body["error"]["message"]
+
+
+async def test_sequential_streams_reuse_one_pooled_connection(
+    fake: FakeProvider, make: Make
+) -> None:
+    backend = make()
+    for _ in range(3):
+        fake.enqueue(Reply.cassette("anthropic/stream_text"))
+        _, error = await collect(backend, generate())
+        assert error is None
+    assert fake.connections == 1

@@ -448,3 +448,14 @@ async def test_official_sdk_parses_the_fakes_whole_completion(fake: FakeProvider
     await client.close()
     call = answer.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert call.function.arguments == '{"city":"Oslo"}'  # type: ignore[union-attr]
+
+
+async def test_sequential_streams_reuse_one_pooled_connection(
+    fake: FakeProvider, make: Make
+) -> None:
+    backend = make()
+    for _ in range(3):
+        fake.enqueue(Reply.cassette("openai/stream_text"))
+        _, error = await collect(backend, generate())
+        assert error is None
+    assert fake.connections == 1

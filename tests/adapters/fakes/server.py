@@ -97,6 +97,8 @@ class FakeProvider:
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     disconnected_at: float | None = None
     port: int = 0
+    # TCP connections accepted: pooled clients reuse one across sequential calls.
+    connections: int = 0
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -126,6 +128,7 @@ class FakeProvider:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self.connections += 1
         try:
             while await self._one_request(reader, writer):
                 pass

@@ -1,0 +1,152 @@
+"""The benchmark's server processes: started, pinned, awaited by ready line, stopped by PID."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+STOP_GRACE_S = 5.0
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on (a server did not start, a path failed every request)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pinning:
+    """Which CPU the load generator runs on and which one the servers share (None: unpinned)."""
+
+    client_cpu: int | None
+    server_cpu: int | None
+    note: str
+
+    @classmethod
+    def plan(cls, enabled: bool) -> Pinning:
+        if not enabled:
+            return cls(None, None, "pinning: off (--no-pin)")
+        if not hasattr(os, "sched_setaffinity"):
+            return cls(None, None, "pinning: unavailable (no os.sched_setaffinity)")
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            return cls(None, None, f"pinning: unavailable (only cpu {cpus} allowed)")
+        client, server = cpus[0], cpus[1]
+        return cls(
+            client,
+            server,
+            f"pinning: load generator on cpu {client}; upstream and mesh on cpu {server}",
+        )
+
+
+def pin(pid: int, cpu: int | None) -> None:
+    """Pin `pid` (0: this thread, and the threads it starts from now on) to `cpu`."""
+    if cpu is not None:
+        os.sched_setaffinity(pid, {cpu})
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of every thread of process `pid`; None where /proc is absent."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    # After the ")" closing the command name, utime and stime are the 12th and 13th fields.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ServerProcess:
+    """One child server. Lifecycle: construct (starts it and pins it at once, before it can
+    start threads), `await wait_line(prefix)` for each ready line, `stop()` in a finally.
+
+    stdout is read by a thread until EOF so the child never blocks on a full pipe; stderr
+    goes to a temp file, shown when the child fails to start.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        cpu: int | None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        # Lives as long as the child (closed in stop()), so no `with` block fits it.
+        self._stderr = tempfile.TemporaryFile(  # noqa: SIM115
+            mode="w+", encoding="utf-8", errors="replace"
+        )
+        child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self._popen = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            env=child_env,
+        )
+        self.pid = self._popen.pid
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, name=f"{name}-stdout", daemon=True)
+        try:
+            pin(self.pid, cpu)  # now: the child is still starting Python, it has no threads yet
+        except OSError:
+            self.stop()
+            raise
+        self._reader.start()
+
+    def _read(self) -> None:
+        stdout = self._popen.stdout
+        assert stdout is not None
+        for line in stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    async def wait_line(self, prefix: str, within_s: float) -> str:
+        """The first stdout line starting with `prefix`; BenchError if it exits or times out."""
+        end = time.monotonic() + within_s
+        while (left := end - time.monotonic()) > 0:
+            try:
+                line = await asyncio.to_thread(self._lines.get, True, min(left, 0.5))
+            except queue.Empty:
+                continue
+            if line is None:
+                raise BenchError(f"{self.name} exited before it was ready:\n{self.stderr_tail()}")
+            if line.startswith(prefix):
+                return line
+        raise BenchError(f"{self.name} not ready after {within_s:g}s:\n{self.stderr_tail()}")
+
+    def running(self) -> bool:
+        return self._popen.poll() is None
+
+    def cpu_seconds(self) -> float | None:
+        return cpu_seconds(self.pid)
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError, ValueError):
+            self._stderr.seek(0)
+            return "".join(self._stderr.readlines()[-lines:])
+        return ""
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after STOP_GRACE_S; only this child's PID is signalled."""
+        popen = self._popen
+        if popen.poll() is None:
+            popen.terminate()
+            try:
+                popen.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+        if self._reader.is_alive():
+            self._reader.join(STOP_GRACE_S)  # EOF follows the exit; then the pipe can close
+        if popen.stdout is not None and not self._reader.is_alive():
+            popen.stdout.close()
+        self._stderr.close()
