@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -15,29 +13,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from adapters.backend import Backend
+from imesh.coalesce import coalesce
 from imesh.errors import MeshError
-from imesh.v1 import adapter_service_pb2, adapter_service_pb2_grpc, events_pb2
+from imesh.v1 import adapter_service_pb2, adapter_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME: Final = adapter_service_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name
-# Bounds both the events buffered ahead of a slow reader and the size of one batch.
-_QUEUE_SIZE: Final = 256
-
-
-class _End:
-    """Marks the normal end of a backend stream in the relay queue."""
-
-
-_END: Final = _End()
-_Item = events_pb2.ChatEvent | BaseException | _End
 
 
 class AdapterServicer(adapter_service_pb2_grpc.AdapterServiceServicer):
     """Relays one Backend's events as GenerateResponse batches.
 
-    A pump task reads the backend into a bounded queue while the handler sends; events
-    that are ready together go out in one message, and the first is never held back.
+    Events that are ready together go out in one message (imesh.coalesce), the first is
+    never held back; closing the call closes the backend's iterator.
     """
 
     def __init__(self, backend: Backend) -> None:
@@ -52,33 +41,16 @@ class AdapterServicer(adapter_service_pb2_grpc.AdapterServiceServicer):
     ) -> AsyncIterator[adapter_service_pb2.GenerateResponse]:
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
-        queue: asyncio.Queue[_Item] = asyncio.Queue(_QUEUE_SIZE)
-        pump = asyncio.create_task(_pump(self._backend.chat(request, deadline), queue))
-        failure: MeshError | None = None
+        # Window 0: batch only what is ready together; the adapter adds no delay of its own.
+        batches = coalesce(self._backend.chat(request, deadline), window_s=0.0)
         try:
-            while failure is None:
-                batch: list[events_pb2.ChatEvent] = []
-                item = await queue.get()
-                while True:
-                    if isinstance(item, events_pb2.ChatEvent):
-                        batch.append(item)
-                    elif isinstance(item, _End):
-                        break
-                    else:
-                        failure = _as_mesh_error(item)
-                        break
-                    if queue.empty():
-                        break
-                    item = queue.get_nowait()
-                if batch:
-                    yield adapter_service_pb2.GenerateResponse(events=batch)
-                if isinstance(item, _End):
-                    return
+            async for batch in batches:
+                yield adapter_service_pb2.GenerateResponse(events=batch)
+            return
+        except Exception as exc:  # any usage yielded before the failure was relayed above
+            failure = _as_mesh_error(exc)
         finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
-        # Any usage the backend yielded before failing was relayed above.
+            await batches.aclose()
         status = failure.to_status()
         await context.abort(status.code, status.details, status.trailing_metadata)
 
@@ -88,20 +60,6 @@ def _as_mesh_error(exc: BaseException) -> MeshError:
         return exc
     log.error("backend raised an unexpected error", exc_info=exc)
     return MeshError(grpc.StatusCode.INTERNAL, "ADAPTER_ERROR", "the adapter failed unexpectedly")
-
-
-async def _pump(events: AsyncIterator[events_pb2.ChatEvent], queue: asyncio.Queue[_Item]) -> None:
-    """Backend → queue; closing the backend iterator whatever happens (cancel included)."""
-    try:
-        async for event in events:
-            await queue.put(event)
-        await queue.put(_END)
-    except Exception as exc:
-        await queue.put(exc)
-    finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 class AdapterServer:

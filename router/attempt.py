@@ -17,6 +17,8 @@ from router.recorder import AttemptRecord, Outcome, Recorder, outcome_of
 
 # Events an attempt may hold before its consumer takes them; the backend waits beyond it.
 QUEUE_SIZE = 64
+# In a burst, hand the loop to the consumer after this many events.
+YIELD_EVERY = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,7 @@ class Attempt:
         )
         usage: events_pb2.Usage | None = None
         chars = 0
+        relayed = 0
         outcome = Outcome.CANCELLED
         error: MeshError | None = None
         limits = self._limits
@@ -132,12 +135,19 @@ class Attempt:
                             chars += len(event.tool_call.arguments_delta) + len(
                                 event.tool_call.name
                             )
-                        if self.first_output_at is None and which in ("content", "tool_call"):
+                        first = self.first_output_at is None and which in ("content", "tool_call")
+                        if first:
                             self.first_output_at = self._clock()
                             rest = _earliest(limits.attempt_at, limits.request_at)
                             timer.reschedule(self._loop_at(loop, rest))
                             self._signal()
                         await self.events.put(event)
+                        relayed += 1
+                        if first or relayed % YIELD_EVERY == 0:
+                            # A burst read in one go never suspends the loop by itself: let
+                            # the consumer send the first token now, and keep the rest from
+                            # starving it.
+                            await asyncio.sleep(0)
             except TimeoutError:
                 error = self._timeout_error()
             finally:

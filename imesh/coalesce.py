@@ -1,4 +1,7 @@
-"""Coalescing: events that are ready together travel in one stream message, the first at once."""
+"""Coalescing: events that are ready together travel in one stream message, the first at once.
+
+Shared by the router's ChatService and the adapters' AdapterService stream handlers.
+"""
 
 from __future__ import annotations
 
@@ -99,9 +102,15 @@ async def _pump(
     queue: asyncio.Queue[events_pb2.ChatEvent | _Done],
 ) -> None:
     error: Exception | None = None
+    first = True
     try:
         async for event in events:
             await queue.put(event)
+            if first and event.WhichOneof("event") != "start":
+                # Let the consumer send the first output now (with the start before it): a
+                # burst of ready events would otherwise all be pumped before it runs.
+                first = False
+                await asyncio.sleep(0)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # handed to the consumer, which raises it in its task

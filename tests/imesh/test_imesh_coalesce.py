@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from imesh.coalesce import coalesce
 from imesh.errors import MeshError
 from imesh.v1 import events_pb2
-from router.coalesce import coalesce
 
 
 def content(text: str) -> events_pb2.ChatEvent:
