@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import httpx
 
 from adapters.config import HttpTimeouts
+from adapters.sharded_transport import ShardedTransport
 
 
 def build_http_client(
@@ -22,7 +23,8 @@ def build_http_client(
 
     `read` bounds each wait for bytes once a response streams; `first_byte` is enforced by
     the caller (it spans headers and the first event, which httpx has no knob for).
-    `transport` is the seam tests use; when given, `http2` is the transport's business.
+    Connections live in a ShardedTransport (several small pools, see its module) unless
+    `transport` is given: the seam tests use, which then owns http2 and limits too.
     """
     timeout = httpx.Timeout(
         connect=timeouts.connect,
@@ -30,16 +32,12 @@ def build_http_client(
         write=timeouts.read,
         pool=timeouts.pool,
     )
-    limits = httpx.Limits(
-        max_connections=max_connections,
-        max_keepalive_connections=max_connections,
-    )
+    if transport is None:
+        transport = ShardedTransport(max_connections=max_connections, http2=http2)
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/"),
         headers=dict(headers),
         timeout=timeout,
-        limits=limits,
-        http2=http2 and transport is None,
         transport=transport,
         # Provider calls never follow redirects: a redirect would resend the key elsewhere.
         follow_redirects=False,
