@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -14,6 +16,7 @@ inference-mesh: a gRPC-native LLM inference mesh.
 Run it:      imesh up | imesh router | imesh adapter NAME | imesh gateway
 Talk to it:  imesh chat "prompt" | imesh models
 Measure it:  imesh bench
+Logging:     IMESH_LOG_LEVEL=DEBUG|INFO|WARNING|ERROR (services default to INFO)
 """
 EPILOG = """\
 examples:
@@ -37,8 +40,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that talk to a mesh print their own results; only their warnings are logged.
+_QUIET_COMMANDS = frozenset({"chat", "models", "bench"})
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(command: str) -> None:
+    """INFO for services (breaker transitions, drains), WARNING for clients; the
+    IMESH_LOG_LEVEL variable (DEBUG, INFO, WARNING, ERROR) overrides both."""
+    default = "WARNING" if command in _QUIET_COMMANDS else "INFO"
+    level = os.environ.get("IMESH_LOG_LEVEL", default).upper()
+    if level not in logging.getLevelNamesMapping():
+        print(f"IMESH_LOG_LEVEL: unknown level {level!r}, using {default}", file=sys.stderr)
+        level = default
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(args.command)
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:

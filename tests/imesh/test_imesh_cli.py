@@ -336,3 +336,25 @@ def test_top_level_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     for command in SUBCOMMANDS:
         assert command in out
+
+
+def test_router_logs_a_breaker_opening_for_its_operator(tmp_path: Path) -> None:
+    config = {
+        "providers": {"down": {"kind": "simulated", "error_rate": 1.0}},
+        "deployments": [{"name": "down-1", "provider": "down", "model": "m"}],
+        "aliases": {"only": {"candidates": ["down-1"], "retry": {"max_attempts": 1}}},
+        "router": {"breaker": {"consecutive_failures": 1}},
+    }
+    path = tmp_path / "down.yaml"
+    path.write_text(yaml.safe_dump(config))
+    listen = f"127.0.0.1:{free_port()}"
+    proc = Proc("router", "--config", str(path), "--listen", listen)
+    try:
+        proc.expect_line("router gRPC on ")
+        chat = imesh("chat", "--router", listen, "--model", "only", "hello")
+        assert chat.returncode == 1
+        assert "UNAVAILABLE" in chat.stderr
+        assert proc.terminate() == 0
+    finally:
+        proc.stop()
+    assert "WARNING router.recorder: deployment down-1: breaker closed -> open" in proc.stderr()
