@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import signal
@@ -20,6 +21,22 @@ DEFAULT_ROUTER = "127.0.0.1:50051"
 
 def default_router() -> str:
     return os.environ.get("IMESH_ROUTER") or DEFAULT_ROUTER
+
+
+def add_router_arguments(parser: argparse.ArgumentParser) -> None:
+    """--router and --api-key, for the commands that call a running router."""
+    parser.add_argument(
+        "--router",
+        metavar="ADDR",
+        default=default_router(),
+        help="router gRPC address (default: $IMESH_ROUTER or 127.0.0.1:50051)",
+    )
+    parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=os.environ.get("IMESH_API_KEY"),
+        help="API key (default: $IMESH_API_KEY)",
+    )
 
 
 def default_config_path() -> str:

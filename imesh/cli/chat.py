@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from imesh.cli._common import default_router, describe, fail, run
+from imesh.cli._common import add_router_arguments, describe, fail, run
 
 if TYPE_CHECKING:
     from imesh.v1 import chat_pb2, chat_service_pb2, events_pb2
@@ -36,18 +35,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("prompt", help='the prompt ("-" reads it from stdin)')
-    parser.add_argument(
-        "--router",
-        metavar="ADDR",
-        default=default_router(),
-        help="router gRPC address (default: $IMESH_ROUTER or 127.0.0.1:50051)",
-    )
-    parser.add_argument(
-        "--api-key",
-        metavar="KEY",
-        default=os.environ.get("IMESH_API_KEY"),
-        help="API key (default: $IMESH_API_KEY)",
-    )
+    add_router_arguments(parser)
     parser.add_argument("--model", default="auto", help="model, alias or deployment (auto)")
     parser.add_argument("--system", metavar="TEXT", help="system prompt")
     parser.add_argument("--max-tokens", metavar="N", type=int, help="completion token limit")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from imesh.cli._common import default_router, describe, fail, run
+from imesh.cli._common import add_router_arguments, describe, fail, run
 
 if TYPE_CHECKING:
     from imesh.v1 import chat_service_pb2
@@ -31,18 +30,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--router",
-        metavar="ADDR",
-        default=default_router(),
-        help="router gRPC address (default: $IMESH_ROUTER or 127.0.0.1:50051)",
-    )
-    parser.add_argument(
-        "--api-key",
-        metavar="KEY",
-        default=os.environ.get("IMESH_API_KEY"),
-        help="API key (default: $IMESH_API_KEY)",
-    )
+    add_router_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the raw response as JSON")
     parser.set_defaults(func=run_models)
 
