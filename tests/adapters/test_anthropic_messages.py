@@ -32,15 +32,9 @@ from tests.adapters.fakes.helpers import (
     tool_calls,
     usages,
 )
-from tests.adapters.fakes.server import FakeProvider, Reply, running_fake
+from tests.adapters.fakes.server import FakeProvider, Reply
 
 Make = Callable[..., AnthropicMessagesBackend]
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeProvider]:
-    async with running_fake() as server:
-        yield server
 
 
 @pytest.fixture

@@ -21,15 +21,9 @@ from tests.adapters.fakes.helpers import (
     text_of,
     usages,
 )
-from tests.adapters.fakes.server import FakeProvider, Reply, running_fake
+from tests.adapters.fakes.server import FakeProvider, Reply
 
 Make = Callable[..., OpenAICompatibleBackend]
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeProvider]:
-    async with running_fake() as server:
-        yield server
 
 
 @pytest.fixture
