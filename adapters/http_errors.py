@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,11 @@ from imesh.v1 import events_pb2
 
 # Read at most this much of an error body: enough for any provider's JSON error.
 ERROR_BODY_LIMIT = 64 * 1024
+# Keep an error message to this many UTF-8 bytes. A gRPC status travels in trailers, and a
+# receiver drops trailers over its metadata limit (8 KiB soft, 16 KiB hard) whole, taking
+# the reason and retry_after with them; the message goes twice (grpc-message, percent-
+# encoded, and the details), so it must stay well below that.
+MESSAGE_LIMIT_BYTES = 1024
 
 # status -> (code, reason)
 _BY_STATUS: dict[int, tuple[grpc.StatusCode, str]] = {
@@ -89,7 +95,7 @@ def error_from_status(
     return MeshError(
         code,
         reason,
-        message,
+        truncate_utf8(message),
         retry_after=retry_after_seconds(headers, time.time() if now is None else now),
         metadata=metadata,
     )
@@ -104,7 +110,7 @@ def error_from_stream_event(
     return MeshError(
         code,
         reason,
-        f"{provider}: {error_type or 'error'} in stream: {scrub(message, secrets)}",
+        truncate_utf8(f"{provider}: {error_type or 'error'} in stream: {scrub(message, secrets)}"),
         metadata={
             "provider": provider,
             "http_status": "200",
@@ -139,6 +145,16 @@ def upstream_timeout(provider: str, what: str) -> MeshError:
     )
 
 
+def upstream_malformed(provider: str) -> MeshError:
+    """A 2xx answer whose body is not the provider's documented shape."""
+    return MeshError(
+        grpc.StatusCode.UNAVAILABLE,
+        "UPSTREAM_UNAVAILABLE",
+        f"{provider}: malformed response",
+        metadata={"provider": provider},
+    )
+
+
 def upstream_unreachable(provider: str, exc: Exception) -> MeshError:
     # Only the exception's type: httpx messages can carry URLs, never anything we need.
     return MeshError(
@@ -155,6 +171,14 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
         if secret:
             text = text.replace(secret, _REDACTED)
     return _KEY_SHAPED.sub(_REDACTED, text)
+
+
+def truncate_utf8(text: str, limit: int = MESSAGE_LIMIT_BYTES) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes (marked with "..."), never mid-character."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode(errors="ignore") + "..."
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: float) -> float | None:
@@ -246,7 +270,8 @@ def _float(value: str | None) -> float | None:
         number = float(value)
     except ValueError:
         return None
-    return number if number >= 0 else None
+    # "inf" and "nan" parse as floats; neither is a time to wait (and inf cannot be a Duration).
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 def _rfc3339(text: str) -> float | None:

@@ -17,12 +17,18 @@ from adapters.http_errors import (
     ERROR_BODY_LIMIT,
     error_from_status,
     interrupted,
+    upstream_malformed,
     upstream_timeout,
     upstream_unreachable,
 )
 from adapters.sse import SSEEvent, iter_sse
 from imesh.errors import MeshError
 from imesh.v1 import events_pb2
+
+# What a translator raises on a body of the wrong shape: bad JSON or bad UTF-8
+# (ValueError), or valid JSON with a null, list or string where an object or number
+# belongs (TypeError, AttributeError). All are the provider's fault, never ours.
+MALFORMED = (ValueError, TypeError, AttributeError)
 
 
 class StreamTranslator(Protocol):
@@ -92,8 +98,8 @@ async def stream_events(
             except httpx.HTTPError as exc:
                 failure = upstream_unreachable(provider, exc)
                 break
-            except ValueError:
-                failure = _malformed(provider)
+            except MALFORMED:
+                failure = upstream_malformed(provider)
                 break
             for event in out:
                 yield event
@@ -144,9 +150,9 @@ async def post_json(
         try:
             parsed = json.loads(body)
         except ValueError:
-            raise _malformed(provider) from None
+            raise upstream_malformed(provider) from None
         if not isinstance(parsed, dict):
-            raise _malformed(provider)
+            raise upstream_malformed(provider)
         return parsed
     finally:
         await response.aclose()
@@ -247,12 +253,3 @@ def _timed_out(provider: str, translator: StreamTranslator, bounds: CallBounds) 
     if translator.output_started:
         return upstream_timeout(provider, "stream stalled")
     return upstream_timeout(provider, "no output within the first-byte timeout")
-
-
-def _malformed(provider: str) -> MeshError:
-    return MeshError(
-        grpc.StatusCode.UNAVAILABLE,
-        "UPSTREAM_UNAVAILABLE",
-        f"{provider}: malformed response",
-        metadata={"provider": provider},
-    )

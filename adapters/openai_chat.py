@@ -10,7 +10,8 @@ import httpx
 from adapters.backend import Backend
 from adapters.config import HttpTimeouts, OpenAIConfig
 from adapters.http_client import build_http_client
-from adapters.http_stream import CallBounds, post_json, stream_events
+from adapters.http_errors import upstream_malformed
+from adapters.http_stream import MALFORMED, CallBounds, post_json, stream_events
 from adapters.openai_translate import (
     OpenAIDialect,
     OpenAIStreamTranslator,
@@ -69,7 +70,11 @@ class OpenAIStyleBackend(Backend):
             answer = await post_json(
                 self._http, http_request, provider=provider, bounds=bounds, secrets=self._secrets
             )
-            for event in await events_from_completion(answer, request.input, self._counter):
+            try:
+                whole = await events_from_completion(answer, request.input, self._counter)
+            except MALFORMED:
+                raise upstream_malformed(provider) from None
+            for event in whole:
                 yield event
             return
         translator = OpenAIStreamTranslator(

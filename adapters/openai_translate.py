@@ -63,7 +63,8 @@ def build_chat_body(chat: chat_pb2.ChatInput, provider_model: str, dialect: Open
         if not dialect.supports_tools:
             raise invalid_argument("tools", f"{dialect.provider} does not support tools")
         body["tools"] = [_tool(t, raw) for t in chat.tools]
-    if chat.HasField("tool_choice") and dialect.supports_tools:
+    # OpenAI refuses tool_choice without tools (400); "auto"/"none" then mean nothing.
+    if chat.tools and chat.HasField("tool_choice") and dialect.supports_tools:
         choice = chat.tool_choice
         if choice.HasField("function_name"):
             body["tool_choice"] = {"type": "function", "function": {"name": choice.function_name}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from adapters.backend import Backend
+from adapters.http_errors import truncate_utf8
 from imesh.coalesce import coalesce
 from imesh.errors import MeshError
 from imesh.v1 import adapter_service_pb2, adapter_service_pb2_grpc
@@ -51,6 +53,9 @@ class AdapterServicer(adapter_service_pb2_grpc.AdapterServiceServicer):
             failure = _as_mesh_error(exc)
         finally:
             await batches.aclose()
+        # A status past gRPC's trailer limit reaches the caller as a bare RESOURCE_EXHAUSTED:
+        # keep the message short so the code, reason and retry_after arrive.
+        failure = dataclasses.replace(failure, message=truncate_utf8(failure.message))
         status = failure.to_status()
         await context.abort(status.code, status.details, status.trailing_metadata)
 

@@ -30,12 +30,19 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         shard_connections: int = SHARD_CONNECTIONS,
     ) -> None:
         count = max(1, math.ceil(max_connections / shard_connections))
-        per_shard = min(shard_connections, max_connections)
-        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
+        # Shard sizes add up to max_connections exactly (they differ by at most one), so
+        # the configured cap holds for the provider as a whole.
+        base, extra = divmod(max_connections, count)
+        sizes = [base + (1 if i < extra else 0) for i in range(count)]
         # One TLS context for all shards: building one loads the CA bundle (tens of ms).
         tls = httpx.create_ssl_context()
         self._shards = [
-            httpx.AsyncHTTPTransport(verify=tls, limits=limits, http2=http2) for _ in range(count)
+            httpx.AsyncHTTPTransport(
+                verify=tls,
+                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                http2=http2,
+            )
+            for size in sizes
         ]
         self._in_flight = [0] * count
 

@@ -37,6 +37,10 @@ _PUBLIC_SHA256 = {
     "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
     "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
 }
+# Public encodings that load another one's file (p50k_edit: p50k_base's; o200k_harmony,
+# gpt-oss's: o200k_base's). Any other public encoding (gpt2) is never loaded.
+_SAME_FILE_AS = {"p50k_edit": "p50k_base", "o200k_harmony": "o200k_base"}
+_PUBLIC_MODULE = "tiktoken_ext.openai_public"
 # Per-message framing tokens in OpenAI's chat format, and the reply primer.
 _PER_MESSAGE = 3
 _REPLY_PRIMER = 3
@@ -113,10 +117,11 @@ class TokenCounter:
 def load_offline_encoding(name: str) -> tuple[tiktoken.Encoding | None, str]:
     """(encoding or None, a label saying which counter was chosen). Never downloads."""
     registered = set(tiktoken.list_encoding_names())
-    if name in _PUBLIC_SHA256:
-        if _in_tiktoken_cache(_BLOB_URL.format(name), _PUBLIC_SHA256[name]):
+    file = _SAME_FILE_AS.get(name, name)
+    if file in _PUBLIC_SHA256:
+        if _in_tiktoken_cache(_BLOB_URL.format(file), _PUBLIC_SHA256[file]):
             return tiktoken.get_encoding(name), f"tiktoken:{name}"
-    elif name in registered and name != "gpt2":
+    elif name in registered and not _is_public(name):
         return tiktoken.get_encoding(name), f"tiktoken:{name}"
     if OFFLINE_ENCODING in registered:
         return tiktoken.get_encoding(OFFLINE_ENCODING), f"tiktoken:{OFFLINE_ENCODING}"
@@ -136,6 +141,13 @@ def _count(encoding: tiktoken.Encoding | None, text: str) -> int:
         return approximate_tokens(text)
     # disallowed_special=(): a prompt that mentions "<|endoftext|>" is text, not an error.
     return len(encoding.encode(text, disallowed_special=()))
+
+
+def _is_public(name: str) -> bool:
+    """Whether tiktoken's own public plugin (which downloads its files) defines `name`."""
+    constructors = tiktoken.registry.ENCODING_CONSTRUCTORS or {}
+    constructor = constructors.get(name)
+    return getattr(constructor, "__module__", _PUBLIC_MODULE) == _PUBLIC_MODULE
 
 
 def _in_tiktoken_cache(blob_url: str, sha256: str) -> bool:

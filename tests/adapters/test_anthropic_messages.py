@@ -377,6 +377,37 @@ async def test_cut_mid_stream_reports_estimated_usage_then_interrupted(
     assert error.reason == "UPSTREAM_INTERRUPTED"
 
 
+_STARTED = (
+    b"event: message_start\n"
+    b'data: {"type":"message_start","message":{"usage":{"input_tokens":25,"output_tokens":1}}}\n\n'
+    b"event: content_block_delta\n"
+    b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}\n\n'
+)
+
+
+@pytest.mark.parametrize(
+    "bad_event",
+    [
+        b"event: content_block_delta\n"
+        b'data: {"type":"content_block_delta","index":0,"delta":"x"}\n\n',
+        b"event: message_delta\n"
+        b'data: {"type":"message_delta","delta":{},"usage":{"output_tokens":{"n":1}}}\n\n',
+    ],
+    ids=["string_delta", "object_count"],
+)
+async def test_an_event_of_the_wrong_shape_after_output_yields_usage_then_interrupted(
+    fake: FakeProvider, make: Make, bad_event: bytes
+) -> None:
+    fake.enqueue(Reply(body=_STARTED + bad_event, streamed=True))
+    events, error = await collect(make(), generate())
+    assert text_of(events) == "Hi"
+    assert kinds(events)[-1] == "usage"
+    assert usages(events)[-1].prompt_tokens == 25
+    assert error is not None
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_INTERRUPTED")
+    assert error.usage == usages(events)[-1]
+
+
 async def test_cut_before_output_is_unavailable_without_events(
     fake: FakeProvider, make: Make
 ) -> None:

@@ -64,3 +64,17 @@ async def test_sharded_transport_releases_a_slot_when_the_request_fails() -> Non
         with pytest.raises(httpx.ConnectError):
             await client.post(dead_url)  # the fake is gone: connection refused
     assert transport.in_flight == (0, 0)
+
+
+@pytest.mark.parametrize(("max_connections", "shards"), [(10, 2), (100, 13), (16, 2), (3, 1)])
+async def test_sharded_transport_never_allows_more_connections_than_configured(
+    max_connections: int, shards: int
+) -> None:
+    transport = ShardedTransport(max_connections=max_connections, http2=False)
+    try:
+        sizes = [shard._pool._max_connections for shard in transport._shards]
+        assert len(sizes) == shards
+        assert sum(sizes) == max_connections
+        assert max(sizes) - min(sizes) <= 1
+    finally:
+        await transport.aclose()

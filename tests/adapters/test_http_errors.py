@@ -165,3 +165,36 @@ def test_in_stream_error_types_map_like_their_status(
     error = error_from_stream_event("p", error_type, "Overloaded")
     assert (error.code, error.reason) == (code, reason)
     assert error.metadata["provider_error_type"] == error_type
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"retry-after": "inf"},
+        {"retry-after": "Infinity"},
+        {"retry-after-ms": "1e400"},
+        {"x-ratelimit-reset-requests": "inf"},
+    ],
+)
+def test_a_non_finite_retry_after_is_ignored_and_the_error_still_becomes_a_status(
+    headers: dict[str, str],
+) -> None:
+    assert retry_after_seconds(httpx.Headers(headers), NOW) is None
+    error = error_from_status("p", 429, httpx.Headers(headers), b"", now=NOW)
+    assert error.retry_after is None
+    assert error.to_status().code is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_long_provider_message_is_cut_so_the_status_fits_grpc_trailers() -> None:
+    # gRPC drops trailers over 8 KiB (soft) / 16 KiB (hard) and the code's details with them.
+    detail = "é" * 5_000  # 10 KB of UTF-8
+    body = json.dumps({"error": {"message": detail, "type": "invalid_request_error"}}).encode()
+    for error in (
+        error_from_status("p", 400, httpx.Headers(), body, now=NOW),
+        error_from_stream_event("p", "invalid_request_error", detail),
+    ):
+        assert error.message.startswith("p:")
+        assert "é" in error.message
+        assert len(error.message.encode()) <= 1024
+        metadata = error.to_status().trailing_metadata
+        assert sum(len(k) + len(v) for k, v in metadata) < 4096

@@ -296,6 +296,41 @@ async def test_cut_after_the_usage_chunk_reports_the_providers_usage(
     assert usages(events)[-1] == events_pb2.Usage(prompt_tokens=19, completion_tokens=3)
 
 
+_FIRST_CHUNK = b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+
+
+@pytest.mark.parametrize(
+    "bad_chunk",
+    [
+        b'data: {"choices":[null]}\n\n',
+        b'data: {"choices":[{"index":0,"delta":"x"}]}\n\n',
+        b'data: {"choices":[],"usage":"x"}\n\n',
+    ],
+    ids=["null_choice", "string_delta", "string_usage"],
+)
+async def test_a_chunk_of_the_wrong_shape_after_output_yields_usage_then_interrupted(
+    fake: FakeProvider, make: Make, bad_chunk: bytes
+) -> None:
+    fake.enqueue(Reply(body=_FIRST_CHUNK + bad_chunk, streamed=True))
+    events, error = await collect(make(), generate())
+    assert text_of(events) == "Hi"
+    assert kinds(events)[-1] == "usage"
+    assert usages(events)[-1].estimated
+    assert error is not None
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_INTERRUPTED")
+    assert error.usage == usages(events)[-1]
+
+
+async def test_a_whole_completion_of_the_wrong_shape_is_unavailable(
+    fake: FakeProvider, make: Make
+) -> None:
+    fake.enqueue(Reply(body=b'{"choices":[null]}'))
+    events, error = await collect(make(streaming=False), generate())
+    assert events == []
+    assert error is not None
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE")
+
+
 async def test_stall_before_first_byte_is_deadline_exceeded(fake: FakeProvider, make: Make) -> None:
     fake.enqueue(Reply(stall_before_headers=True))
     events, error = await collect(make(first_byte=0.2), generate())
@@ -453,3 +488,13 @@ async def test_sequential_streams_reuse_one_pooled_connection(
         _, error = await collect(backend, generate())
         assert error is None
     assert fake.connections == 1
+
+
+async def test_tool_choice_without_tools_is_not_sent(fake: FakeProvider, make: Make) -> None:
+    fake.enqueue(Reply.cassette("openai/stream_text"))
+    request = generate(tool_choice=chat_pb2.ToolChoice(mode=chat_pb2.TOOL_CHOICE_MODE_AUTO))
+    _, error = await collect(make(), request)
+    assert error is None
+    body = fake.requests[0].json()
+    assert "tool_choice" not in body  # OpenAI answers 400 to tool_choice without tools
+    assert "tools" not in body

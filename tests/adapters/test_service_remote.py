@@ -296,3 +296,35 @@ async def test_channels_are_spread_round_robin(sim_served: Served) -> None:
     finally:
         await remote.aclose()
     assert all(s is grpc.ChannelConnectivity.READY for s in states)
+
+
+class LongMessageBackend(Backend):
+    async def chat(
+        self, request: adapter_service_pb2.GenerateRequest, deadline: float | None
+    ) -> AsyncIterator[events_pb2.ChatEvent]:
+        raise MeshError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "UPSTREAM_RATE_LIMITED",
+            "openai: HTTP 429: " + "é" * 10_000,
+            retry_after=2.5,
+            metadata={"provider": "openai"},
+        )
+        yield  # pragma: no cover - makes this an async generator
+
+
+async def test_a_long_error_message_keeps_code_reason_and_retry_after_across_the_hop() -> None:
+    # gRPC drops trailers over its metadata limit, and the status details with them.
+    served = await serve(LongMessageBackend())
+    try:
+        events, err = await collect(served.remote, request())
+    finally:
+        await stop(served)
+    assert events == []
+    assert err is not None
+    assert (err.code, err.reason, err.retry_after) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "UPSTREAM_RATE_LIMITED",
+        2.5,
+    )
+    assert err.message.startswith("openai: HTTP 429: é")
+    assert err.metadata["provider"] == "openai"

