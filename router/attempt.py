@@ -98,6 +98,17 @@ class Attempt:
         self._task = asyncio.create_task(
             self._run(), name=f"attempt-{self._request_id}-{self.number}"
         )
+        self._task.add_done_callback(lambda _: self.settle())
+
+    def settle(self) -> None:
+        """Records the end of an attempt whose task ended without running `_run`; a no-op
+        otherwise. A task cancelled before its first step (a hedge that lost in the loop
+        turn it was launched in) never runs its body, yet its end must be recorded, once,
+        so its breaker slot and in-flight count come back. Nothing reached the upstream.
+        Runs as the task's done callback, and from the executor's close (a task is done
+        before its callbacks run)."""
+        if self.record is None and self._task is not None and self._task.done():
+            self._finish(Outcome.CANCELLED, None, None, 0, prompt_sent=False)
 
     def cancel(self) -> None:
         if self._task is not None:
@@ -120,8 +131,10 @@ class Attempt:
         error: MeshError | None = None
         limits = self._limits
         loop = asyncio.get_running_loop()
-        stream = self._backend.chat(generate, limits.request_at)
         try:
+            # Inside the try: a backend may refuse before returning a stream, and that must
+            # end the attempt (signal, record) like any failure, not kill the task silently.
+            stream = self._backend.chat(generate, limits.request_at)
             try:
                 first_at = _earliest(limits.first_token_at, limits.attempt_at, limits.request_at)
                 async with asyncio.timeout_at(self._loop_at(loop, first_at)) as timer:
@@ -175,6 +188,8 @@ class Attempt:
         error: MeshError | None,
         usage: events_pb2.Usage | None,
         chars: int,
+        *,
+        prompt_sent: bool = True,
     ) -> None:
         now = self._clock()
         ttft = None if self.first_output_at is None else self.first_output_at - self.started_at
@@ -189,7 +204,7 @@ class Attempt:
             latency_s=now - self.started_at,
             ttft_s=ttft,
             reported_usage=usage,
-            prompt_tokens_estimate=self._prompt_tokens_estimate,
+            prompt_tokens_estimate=self._prompt_tokens_estimate if prompt_sent else 0,
             output_chars=chars,
         )
 

@@ -278,6 +278,8 @@ class _Run:
         pending = [a.task for a in self._attempts if not a.task.done()]
         if pending:
             await asyncio.wait(pending)
+        for attempt in self._attempts:
+            attempt.settle()
 
     # -- errors -------------------------------------------------------------------------
 

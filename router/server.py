@@ -8,6 +8,7 @@ import logging
 import re
 import signal
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -27,6 +28,10 @@ SERVICE_NAME = chat_service_pb2.DESCRIPTOR.services_by_name["ChatService"].full_
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 _Context = grpc.aio.ServicerContext[Any, Any]
+# How long stop() waits, after grpc cancelled the calls, for their handlers to unwind
+# (close their upstream calls, record their attempts). Closing a stream is quick; this
+# only bounds a backend whose teardown hangs.
+UNWIND_S = 5.0
 
 
 def call_context(context: _Context) -> CallContext:
@@ -57,17 +62,44 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
     def __init__(self, api: ChatAPI, *, coalesce_ms: float) -> None:
         self._api = api
         self._window_s = coalesce_ms / 1000.0
+        # Handlers of chat calls still running, for stop() to wait on.
+        self._running: set[asyncio.Task[Any]] = set()
+
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        task = asyncio.current_task()
+        if task is None:
+            yield
+            return
+        self._running.add(task)
+        try:
+            yield
+        finally:
+            self._running.discard(task)
+
+    async def unwind(self, wait_s: float) -> bool:
+        """Cancels the chat handlers grpc has not cancelled, then waits up to `wait_s` for
+        all of them to finish unwinding. False if some are still running."""
+        running = [t for t in self._running if not t.done()]
+        if not running:
+            return True
+        for task in running:
+            if not task.cancelling():  # never cancel twice: that would cut a cleanup short
+                task.cancel()
+        _, pending = await asyncio.wait(running, timeout=wait_s)
+        return not pending
 
     async def Chat(
         self, request: chat_service_pb2.ChatRequest, context: _Context
     ) -> chat_service_pb2.ChatResponse:
         ctx = call_context(context)
-        try:
-            return await self._api.chat(request.input, ctx)
-        except MeshError as exc:
-            await _abort(context, exc)
-        except Exception:
-            await _abort_internal(context, ctx)
+        with self._tracked():
+            try:
+                return await self._api.chat(request.input, ctx)
+            except MeshError as exc:
+                await _abort(context, exc)
+            except Exception:
+                await _abort_internal(context, ctx)
         raise AssertionError("unreachable: abort raises")
 
     async def ChatStream(  # type: ignore[override]  # writes via context, returns nothing
@@ -77,15 +109,16 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         await context.send_initial_metadata((("x-request-id", ctx.request_id or ""),))
         # context.write (not yield): a cancelled call then interrupts this coroutine
         # wherever it waits, and the aclosing blocks close the stream down to the backend.
-        try:
-            batches = coalesce(self._api.chat_stream(request.input, ctx), self._window_s)
-            async with contextlib.aclosing(batches):
-                async for batch in batches:
-                    await context.write(chat_service_pb2.ChatStreamResponse(events=batch))
-        except MeshError as exc:
-            await _abort(context, exc)
-        except Exception:
-            await _abort_internal(context, ctx)
+        with self._tracked():
+            try:
+                batches = coalesce(self._api.chat_stream(request.input, ctx), self._window_s)
+                async with contextlib.aclosing(batches):
+                    async for batch in batches:
+                        await context.write(chat_service_pb2.ChatStreamResponse(events=batch))
+            except MeshError as exc:
+                await _abort(context, exc)
+            except Exception:
+                await _abort_internal(context, ctx)
 
     async def ListModels(
         self, request: chat_service_pb2.ListModelsRequest, context: _Context
@@ -95,6 +128,8 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
             return await self._api.list_models(ctx)
         except MeshError as exc:
             await _abort(context, exc)
+        except Exception:
+            await _abort_internal(context, ctx)
         raise AssertionError("unreachable: abort raises")
 
 
@@ -113,13 +148,21 @@ class RouterServer:
     """A started grpc.aio server: ChatService, grpc.health.v1 and reflection.
 
     `stop(drain_s)` marks health NOT_SERVING, refuses new calls, lets running streams
-    finish for up to `drain_s`, then cancels them (which closes their upstream calls).
+    finish for up to `drain_s`, then cancels them (which closes their upstream calls), and
+    returns once their handlers have unwound (bounded by UNWIND_S).
     """
 
-    def __init__(self, server: grpc.aio.Server, port: int, health: health_aio.HealthServicer):
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        health: health_aio.HealthServicer,
+        servicer: ChatServicer | None = None,
+    ):
         self.server = server
         self.port = port
         self.health = health
+        self.servicer = servicer
         self.stopping: asyncio.Task[None] | None = None
 
     @property
@@ -129,6 +172,11 @@ class RouterServer:
     async def stop(self, drain_s: float) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace=drain_s)
+        # grpc returns once it has cancelled the calls left, not once their handlers have
+        # unwound: wait for that, so what runs next (closing the backends, exiting) does
+        # not cut short the closing of upstream calls and the recording of their usage.
+        if self.servicer is not None and not await self.servicer.unwind(UNWIND_S):
+            log.warning("stop: some calls were still unwinding after %.1fs", UNWIND_S)
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
@@ -149,9 +197,8 @@ async def start_router_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    chat_service_pb2_grpc.add_ChatServiceServicer_to_server(
-        ChatServicer(api, coalesce_ms=coalesce_ms), server
-    )
+    servicer = ChatServicer(api, coalesce_ms=coalesce_ms)
+    chat_service_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -164,7 +211,7 @@ async def start_router_server(
     serving = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set("", serving)
     await health_servicer.set(SERVICE_NAME, serving)
-    return RouterServer(server, port, health_servicer)
+    return RouterServer(server, port, health_servicer, servicer)
 
 
 def install_sigterm(

@@ -43,6 +43,7 @@ class Script:
     report_usage: bool = True
     finish: events_pb2.FinishReason.ValueType = events_pb2.FINISH_REASON_STOP
     tail: Sequence[events_pb2.ChatEvent] = ()  # yielded after the tokens (e.g. tool calls)
+    close_delay: float = 0.0  # closing the upstream takes this long (a slow HTTP teardown)
 
 
 @dataclass
@@ -97,6 +98,8 @@ class ScriptedBackend(Backend):
             call.cancelled = True
             raise
         finally:
+            if script.close_delay:
+                await asyncio.sleep(script.close_delay)
             call.closed_at = time.monotonic()
             call.closed.set()
 

@@ -102,6 +102,26 @@ async def served() -> AsyncIterator[Served]:
         await server.stop(0)
 
 
+async def test_graceful_stop_returns_once_cancelled_streams_closed_upstream_and_recorded() -> None:
+    # Closing this upstream takes a while (an HTTP teardown): stop() must not return, and
+    # let the process close backends and exit, while cancelled streams are still unwinding.
+    mesh = make_mesh({"dep-c": [Script(tokens=["c"], stall_at=1, close_delay=0.3)]})
+    server = await start_router_server(mesh.router, "127.0.0.1:0", coalesce_ms=0)
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub: Any = chat_service_pb2_grpc.ChatServiceStub(channel)
+            stalled = stub.ChatStream(chat_service_pb2.ChatStreamRequest(input=user_input("dep-c")))
+            assert (await stalled.read()).events[0].HasField("start")
+            await server.stop(drain_s=0.05)
+            [upstream] = mesh.calls()
+            assert upstream.cancelled
+            assert upstream.closed.is_set()
+            [record] = mesh.sink.records
+            assert record.outcome is Outcome.CANCELLED
+    finally:
+        await server.stop(0)
+
+
 async def test_grpc_client_cancel_closes_the_backend_within_100ms(
     served: Served,
 ) -> None:

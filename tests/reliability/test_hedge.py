@@ -162,3 +162,23 @@ def test_hedge_delay_prefers_request_then_deployment_then_p95_then_default() -> 
     fixed_candidate = Candidate(fixed, breaker, stats, 0)  # type: ignore[arg-type]
     assert hedge_delay_s(HedgeConfig(), fixed_candidate) == 0.09
     assert hedge_delay_s(HedgeConfig(delay_ms=70), fixed_candidate) == 0.07
+
+
+async def test_a_hedge_cancelled_before_it_ran_is_still_recorded_once() -> None:
+    # The hedge timer and the primary's first token land in the same loop turn: the hedge
+    # is launched, then loses at once, before its task ever ran.
+    mesh = make_mesh(
+        {"dep-a": [Script(tokens=["a"])], "dep-b": [Script(tokens=["b"])]},
+        aliases={"h": hedged(delay_ms=0.0001)},
+    )
+    events, error = await collect(mesh, user_input("h"))
+    assert error is None
+    assert text_of(events) == "a"
+    assert mesh.backend("dep-b").calls == []  # never reached the upstream
+    [hedge] = mesh.sink.by_deployment("dep-b")
+    assert (hedge.outcome, hedge.hedge) == (Outcome.CANCELLED, True)
+    assert hedge.cost_micros == 0  # nothing was sent, so nothing was spent
+    assert len(mesh.sink.records) == 2
+    # Its end was accounted: no phantom in-flight call skews least_in_flight/power_of_two.
+    assert [mesh.router.stats[d].in_flight for d in ("dep-a", "dep-b", "dep-c")] == [0, 0, 0]
+    assert other_tasks() == []

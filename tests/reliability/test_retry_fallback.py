@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
 
+from imesh.api import CallContext
 from imesh.errors import MeshError
+from imesh.v1 import events_pb2
 from router.breaker import BreakerState
 from router.config import RetryConfig
 from router.recorder import Outcome
 from router.retry import backoff_s
+from router.service import ChatRouter
 from tests.reliability.mesh_fakes import (
     MaxJitter,
+    Mesh,
+    RecordCollector,
     Script,
+    ScriptedBackend,
     collect,
     kinds,
     make_mesh,
+    mesh_config,
     rate_limited,
     text_of,
     unavailable,
@@ -205,3 +214,28 @@ async def test_retries_are_bounded_by_max_attempts() -> None:
     assert isinstance(error, MeshError)
     assert error.code is grpc.StatusCode.UNAVAILABLE
     assert len(mesh.calls()) == 2
+
+
+class RefusingBackend(ScriptedBackend):
+    """A Backend whose `chat` is a plain method that refuses before returning a stream
+    (the ABC allows any callable returning an iterator, not only async generators)."""
+
+    def chat(self, request: Any, deadline: float | None) -> AsyncIterator[events_pb2.ChatEvent]:
+        raise unavailable("no channel to the adapter")
+
+
+async def test_a_backend_refusing_before_it_streams_falls_back_at_once() -> None:
+    sink = RecordCollector()
+    backends = {"p-a": RefusingBackend(), "p-b": ScriptedBackend(Script(tokens=["b"]))}
+    backends["p-c"] = ScriptedBackend()
+    mesh = Mesh(ChatRouter(mesh_config(TRIO), backends, sinks=[sink]), backends, sink)
+    started = time.monotonic()
+    events, error = await collect(mesh, user_input("trio"), CallContext(timeout=2.0))
+    assert error is None
+    assert events[0].start.deployment == "dep-b"
+    assert time.monotonic() - started < 1.0  # not stuck until the deadline
+    [refused] = sink.by_deployment("dep-a")
+    assert refused.outcome is Outcome.FAILURE
+    assert refused.error is not None
+    assert refused.error.reason == "UPSTREAM_UNAVAILABLE"
+    assert mesh.router.stats["dep-a"].in_flight == 0

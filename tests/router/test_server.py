@@ -230,3 +230,52 @@ async def test_call_context_carries_key_request_id_and_deadline() -> None:
     assert without.api_key is None
     assert without.timeout is None
     assert without.request_id  # made up by the server when the caller sent none
+
+
+class CrashingAPI(RecordingAPI):
+    """A ChatAPI with a bug: every call raises an unexpected exception."""
+
+    async def chat_stream(
+        self, request: chat_pb2.ChatInput, ctx: CallContext
+    ) -> AsyncIterator[events_pb2.ChatEvent]:
+        raise RuntimeError(SECRET)
+        yield  # pragma: no cover - makes this an async generator
+
+    async def chat(
+        self, request: chat_pb2.ChatInput, ctx: CallContext
+    ) -> chat_service_pb2.ChatResponse:
+        raise RuntimeError(SECRET)
+
+    async def list_models(self, ctx: CallContext) -> chat_service_pb2.ListModelsResponse:
+        raise RuntimeError(SECRET)
+
+
+SECRET = "boom at /srv/router/internal.py line 42"
+
+
+async def _call(stub: Any, rpc: str) -> None:
+    if rpc == "Chat":
+        await stub.Chat(chat_service_pb2.ChatRequest())
+    elif rpc == "ChatStream":
+        await read_events(stub.ChatStream(chat_service_pb2.ChatStreamRequest()))
+    else:
+        await stub.ListModels(chat_service_pb2.ListModelsRequest())
+
+
+@pytest.mark.parametrize("rpc", ["Chat", "ChatStream", "ListModels"])
+async def test_unexpected_error_is_internal_and_leaks_nothing(
+    rpc: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start_router_server(CrashingAPI(), "127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub: Any = chat_service_pb2_grpc.ChatServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await _call(stub, rpc)
+    finally:
+        await server.stop(0)
+    assert caught.value.code() is grpc.StatusCode.INTERNAL
+    details = caught.value.details() or ""
+    assert "RuntimeError" not in details
+    assert SECRET not in details
+    assert SECRET in caplog.text  # the operator gets it, in the log
