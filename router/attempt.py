@@ -13,7 +13,7 @@ from adapters.backend import Backend
 from imesh.errors import MeshError
 from imesh.v1 import adapter_service_pb2, chat_pb2, events_pb2
 from router.policies.base import Candidate
-from router.recorder import AttemptRecord, Outcome, Recorder, outcome_of
+from router.recorder import CALLER_DEADLINE, AttemptRecord, Outcome, Recorder, outcome_of
 
 # Events an attempt may hold before its consumer takes them; the backend waits beyond it.
 QUEUE_SIZE = 64
@@ -177,6 +177,15 @@ class Attempt:
                 grpc.StatusCode.INTERNAL, "BACKEND_CRASHED", f"{type(exc).__name__}: {exc}"
             )
             outcome = Outcome.FAILURE
+        if (
+            error is not None
+            and error.code is grpc.StatusCode.DEADLINE_EXCEEDED
+            and limits.request_at is not None
+            and self._clock() >= limits.request_at
+        ):
+            # Whoever noticed first (our timer or the adapter's own), the caller's deadline
+            # ended this attempt: no verdict on the deployment's health.
+            error = self._caller_deadline_error()
         self.error = error
         self._finish(outcome, error, usage, chars)
         self._signal()
@@ -220,11 +229,7 @@ class Attempt:
             else _earliest(limits.attempt_at, limits.request_at)
         )
         if limits.request_at is not None and limits.request_at <= earliest:
-            return MeshError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                "DEADLINE_EXCEEDED",
-                f"{name}: the caller's deadline passed",
-            )
+            return self._caller_deadline_error()
         if before_output and limits.first_token_at <= earliest:
             return MeshError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -235,6 +240,13 @@ class Attempt:
             grpc.StatusCode.DEADLINE_EXCEEDED,
             "ATTEMPT_TIMEOUT",
             f"{name}: the attempt exceeded its timeout",
+        )
+
+    def _caller_deadline_error(self) -> MeshError:
+        return MeshError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            CALLER_DEADLINE,
+            f"{self.deployment}: the caller's deadline passed",
         )
 
     def _loop_at(self, loop: asyncio.AbstractEventLoop, at: float) -> float | None:

@@ -21,6 +21,11 @@ log = logging.getLogger(__name__)
 # Roughly four characters per token: good enough for an estimate the caller is told about.
 CHARS_PER_TOKEN = 4
 
+# The reason of an attempt ended by the caller's own deadline: no verdict on the deployment
+# (one caller's short deadlines must not open a breaker for everyone). The router's own
+# first-token and attempt timeouts do count.
+CALLER_DEADLINE = "DEADLINE_EXCEEDED"
+
 # The caller's request was at fault, not the deployment: no verdict on its health.
 _CALLER_FAULT_CODES = frozenset(
     {
@@ -173,7 +178,9 @@ class Recorder:
             # A 429 says "later", not "broken": cool down without counting a failure.
             breaker.release()
             breaker.cool_down(error.retry_after if error and error.retry_after else 0.0)
-        elif error is not None and error.code in _CALLER_FAULT_CODES:
+        elif error is not None and (
+            error.code in _CALLER_FAULT_CODES or error.reason == CALLER_DEADLINE
+        ):
             breaker.release()
         else:
             breaker.record_failure()

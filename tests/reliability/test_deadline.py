@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 import grpc
+import pytest
 
+from adapters.backend import Backend
 from imesh.api import CallContext
 from imesh.errors import MeshError
+from imesh.v1 import adapter_service_pb2, events_pb2
+from router.breaker import BreakerState
 from router.recorder import Outcome
+from router.service import ChatRouter
 from tests.reliability.mesh_fakes import (
     Script,
+    ScriptedBackend,
     collect,
     kinds,
     make_mesh,
+    mesh_config,
     other_tasks,
     text_of,
     user_input,
@@ -108,3 +116,50 @@ async def test_no_retry_starts_when_the_backoff_would_outlast_the_deadline() -> 
     assert isinstance(error, MeshError)
     assert error.code is grpc.StatusCode.UNAVAILABLE
     assert len(mesh.calls()) == 1
+
+
+class _NoticesTheDeadlineItself(Backend):
+    """Sends one token, then reports the deadline as its own UPSTREAM_TIMEOUT before the
+    router's timer can run (it blocks the loop until the deadline has passed)."""
+
+    async def chat(
+        self, request: adapter_service_pb2.GenerateRequest, deadline: float | None
+    ) -> AsyncIterator[events_pb2.ChatEvent]:
+        assert deadline is not None
+        yield events_pb2.ChatEvent(content=events_pb2.ContentDelta(text="a"))
+        time.sleep(max(0.0, deadline - time.monotonic()) + 0.01)  # noqa: ASYNC251
+        raise MeshError(grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT", "deadline passed")
+
+
+async def test_callers_deadline_is_no_verdict_on_the_deployment() -> None:
+    one_strike = {"breaker": {"consecutive_failures": 1}}
+    # After output: the router's timer ends the attempt at the caller's deadline.
+    mesh = make_mesh(
+        {"dep-a": [Script(tokens=["a", "b"], stall_at=1)]}, aliases=DUO, router=one_strike
+    )
+    _, error = await collect(mesh, user_input("duo"), CallContext(timeout=0.1))
+    assert isinstance(error, MeshError)
+    assert error.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert mesh.router.breakers["dep-a"].state is BreakerState.CLOSED
+
+    # The adapter noticing the same deadline first is no verdict either.
+    backends = {
+        "p-a": _NoticesTheDeadlineItself(),
+        "p-b": ScriptedBackend(),
+        "p-c": ScriptedBackend(),
+    }
+    router = ChatRouter(mesh_config(DUO, one_strike), backends)
+    with pytest.raises(MeshError) as info:
+        await router.chat(user_input("duo"), CallContext(timeout=0.1))
+    assert info.value.reason == "DEADLINE_EXCEEDED"
+    assert router.breakers["dep-a"].state is BreakerState.CLOSED
+
+    # The router's own first-token timeout does judge the deployment.
+    mesh = make_mesh(
+        {"dep-a": [Script(ttft=5.0)], "dep-b": [Script(tokens=["b"])]},
+        aliases=DUO,
+        router={**one_strike, "timeouts": {"first_token": 0.05, "attempt": 1, "request": 2}},
+    )
+    _, error = await collect(mesh, user_input("duo"), CallContext(timeout=1.0))
+    assert error is None
+    assert mesh.router.breakers["dep-a"].state is BreakerState.OPEN
