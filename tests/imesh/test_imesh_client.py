@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
+import logging
 import socket
 import subprocess
 import sys
@@ -272,6 +274,26 @@ async def test_sync_client_raises_mesh_errors(mesh: Mesh) -> None:
 
     err = await asyncio.to_thread(fail)
     assert err.reason == "UPSTREAM_INTERRUPTED"
+
+
+async def test_sync_client_close_ends_a_stream_left_open_without_stray_tasks(
+    mesh: Mesh, caplog: pytest.LogCaptureFixture
+) -> None:
+    def leave_open() -> None:
+        client = imesh.SyncClient(mesh.address)
+        events = client.chat_stream(ask("slow-1"))
+        next(events)
+        next(events)
+        client.close()  # while the stream is still running
+        events.close()  # its generator ends after the client did
+        gc.collect()  # drops an unclosed call, whose cleanup would need the closed loop
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        await asyncio.to_thread(leave_open)
+    slow = mesh.backends["slow"]
+    assert isinstance(slow, SignallingBackend)
+    await asyncio.wait_for(slow.cancelled.wait(), timeout=1.0)
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
 
 def test_message_builders_set_role_and_text() -> None:
