@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from types import TracebackType
@@ -16,6 +17,10 @@ from imesh.v1 import chat_pb2, chat_service_pb2, chat_service_pb2_grpc, events_p
 
 T = TypeVar("T")
 _NO_CONTEXT = CallContext()
+# How long SyncClient.close() lets cancelled calls settle before it cancels what is left.
+CLOSE_WAIT_S = 1.0
+# MeshError reason of a SyncClient call ended (or refused) because the client closed.
+CLIENT_CLOSED = "CLIENT_CLOSED"
 
 
 def user(text: str) -> chat_pb2.Message:
@@ -155,8 +160,10 @@ class Client:
 class SyncClient:
     """A blocking Client for scripts: runs one Client on a private event-loop thread.
 
-    Lifecycle: `close()` (or `with`) stops the thread. Methods may be called from any
-    thread; each call blocks until its answer (or the next event) is there.
+    Lifecycle: `close()` (or `with`) ends every call still running, then stops the thread.
+    Methods may be called from any thread; each call blocks until its answer (or the next
+    event) is there. A call blocked or made once the client is closing raises
+    MeshError(CANCELLED, "CLIENT_CLOSED").
     """
 
     def __init__(
@@ -168,9 +175,27 @@ class SyncClient:
         )
         self._thread.start()
         self._client = Client(target, api_key=api_key, timeout=timeout)
+        # Guards `_closed` and `_pending` between caller threads and close().
+        self._lock = threading.Lock()
+        self._closed = False
+        self._pending: set[concurrent.futures.Future[Any]] = set()
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        with self._lock:
+            if self._closed:
+                coro.close()
+                raise client_closed()
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+            self._pending.add(future)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            if self._closed:  # close() cancelled the call, or it never got to run
+                raise client_closed() from None
+            raise
+        finally:
+            with self._lock:
+                self._pending.discard(future)
 
     def chat(
         self, request: chat_pb2.ChatInput, ctx: CallContext | None = None
@@ -196,8 +221,12 @@ class SyncClient:
             while (event := self._run(next_event())) is not None:
                 yield event
         finally:
-            if not self._loop.is_closed():  # close() already ended every call
-                self._run(close())
+            if not self._closed:  # close() already ended every call
+                try:
+                    self._run(close())
+                except MeshError as err:  # close() began meanwhile and ends the call
+                    if err.reason != CLIENT_CLOSED:
+                        raise
 
     def chat_text(self, model: str, prompt: str, **params: Any) -> str:
         return self._run(self._client.chat_text(model, prompt, **params))
@@ -206,12 +235,29 @@ class SyncClient:
         return self._run(self._client.list_models(ctx))
 
     def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        self._run(self._client.aclose())
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            shutdown = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+        shutdown.result()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
+        with self._lock:
+            # Submitted just before closing but never run by the stopped loop: their
+            # callers would wait forever.
+            for future in self._pending:
+                future.cancel()
         self._loop.close()
+
+    async def _shutdown(self) -> None:
+        # Nothing may stay pending on a loop about to close: closing the channel cancels
+        # every call, grpc's per-call tasks then settle, and streams a caller left open
+        # (suspended generators holding a call) are closed last.
+        await self._client.aclose()
+        await _settle_other_tasks()
+        await self._loop.shutdown_asyncgens()
+        await _settle_other_tasks()
 
     def __enter__(self) -> SyncClient:
         return self
@@ -223,3 +269,17 @@ class SyncClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def client_closed() -> MeshError:
+    return MeshError(grpc.StatusCode.CANCELLED, CLIENT_CLOSED, "the client was closed")
+
+
+async def _settle_other_tasks() -> None:
+    """Wait (bounded) for this loop's other tasks to end, then cancel what is left."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:
+        _, stuck = await asyncio.wait(others, timeout=CLOSE_WAIT_S)
+        for task in stuck:
+            task.cancel()
+        await asyncio.gather(*stuck, return_exceptions=True)

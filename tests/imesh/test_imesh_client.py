@@ -10,6 +10,7 @@ import logging
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -285,7 +286,7 @@ async def test_sync_client_close_ends_a_stream_left_open_without_stray_tasks(
         next(events)
         next(events)
         client.close()  # while the stream is still running
-        events.close()  # its generator ends after the client did
+        events.close()  # type: ignore[attr-defined]  # its generator ends after the client
         gc.collect()  # drops an unclosed call, whose cleanup would need the closed loop
 
     with caplog.at_level(logging.ERROR, logger="asyncio"):
@@ -294,6 +295,32 @@ async def test_sync_client_close_ends_a_stream_left_open_without_stray_tasks(
     assert isinstance(slow, SignallingBackend)
     await asyncio.wait_for(slow.cancelled.wait(), timeout=1.0)
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
+async def test_sync_client_close_from_another_thread_ends_a_blocked_reader(mesh: Mesh) -> None:
+    def close_while_reading() -> tuple[bool, BaseException | None]:
+        client = imesh.SyncClient(mesh.address)
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                for _ in client.chat_stream(ask("slow-1")):
+                    started.set()
+            except BaseException as exc:  # what the reader sees when the client closes
+                failure.append(exc)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        assert started.wait(5)
+        client.close()
+        reader.join(5)
+        return reader.is_alive(), failure[0] if failure else None
+
+    still_blocked, failure = await asyncio.to_thread(close_while_reading)
+    assert not still_blocked
+    assert isinstance(failure, imesh.MeshError)
+    assert (failure.code, failure.reason) == (grpc.StatusCode.CANCELLED, "CLIENT_CLOSED")
 
 
 def test_message_builders_set_role_and_text() -> None:
