@@ -156,19 +156,17 @@ class _Edge:
         await send_json(send, ex, 200, _OK_BODY)
 
     async def readyz(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
-        """Ready when the router answers and at least one deployment's breaker is closed."""
-        ctx = CallContext(api_key=ex.api_key, request_id=ex.request_id, timeout=READY_TIMEOUT_S)
+        """Ready when the router answers and at least one deployment's breaker is closed.
+        Probes carry no key, so this asks the router's keyless readiness, not ListModels."""
         try:
-            models = await asyncio.wait_for(self._api.list_models(ctx), READY_TIMEOUT_S)
-        except (MeshError, grpc.RpcError, TimeoutError) as exc:
-            reason = exc.reason if isinstance(exc, MeshError) else type(exc).__name__
-            await send_json(send, ex, 503, _unready(f"router unreachable ({reason})"))
-            return
-        closed = chat_service_pb2.BREAKER_STATE_CLOSED
-        if any(d.breaker_state == closed for d in models.deployments):
+            ready = await asyncio.wait_for(self._api.ready(), READY_TIMEOUT_S)
+        except TimeoutError:
+            ready = False
+        if ready:
             await send_json(send, ex, 200, _OK_BODY)
         else:
-            await send_json(send, ex, 503, _unready("no deployment has a closed breaker"))
+            body = _unready("router unreachable or no deployment has a closed breaker")
+            await send_json(send, ex, 503, body)
 
     async def unknown_route(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]

@@ -44,4 +44,9 @@ class ChatAPI(Protocol):
 
     async def list_models(self, ctx: CallContext) -> chat_service_pb2.ListModelsResponse: ...
 
+    async def ready(self) -> bool:
+        """The mesh can take traffic now: the router answers and some deployment's breaker
+        is closed. Needs no key: readiness probes carry none."""
+        ...
+
     async def aclose(self) -> None: ...

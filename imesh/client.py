@@ -19,6 +19,9 @@ T = TypeVar("T")
 _NO_CONTEXT = CallContext()
 # How long SyncClient.close() lets cancelled calls settle before it cancels what is left.
 CLOSE_WAIT_S = 1.0
+# Readiness checks answer fast or count as "not ready".
+READY_TIMEOUT_S = 2.0
+CHAT_SERVICE = chat_service_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
 # MeshError reason of a SyncClient call ended (or refused) because the client closed.
 CLIENT_CLOSED = "CLIENT_CLOSED"
 
@@ -140,6 +143,22 @@ class Client:
         except grpc.aio.AioRpcError as err:
             raise MeshError.from_rpc_error(err) from None
 
+    async def ready(self) -> bool:
+        """The router answers its readiness check (grpc.health.v1 on the ChatService: some
+        deployment's breaker is closed). No key needed; any failure reads as not ready."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc  # only probes need it
+
+        self._chat_stub()  # opens the channel when this is the first call
+        assert self._channel is not None
+        health = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            response = await health.Check(
+                health_pb2.HealthCheckRequest(service=CHAT_SERVICE), timeout=READY_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
     async def aclose(self) -> None:
         channel, self._channel, self._stub = self._channel, None, None
         if channel is not None and self._owns_channel:
@@ -233,6 +252,9 @@ class SyncClient:
 
     def list_models(self, ctx: CallContext | None = None) -> chat_service_pb2.ListModelsResponse:
         return self._run(self._client.list_models(ctx))
+
+    def ready(self) -> bool:
+        return self._run(self._client.ready())
 
     def close(self) -> None:
         with self._lock:

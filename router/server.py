@@ -20,6 +20,7 @@ from imesh.api import CallContext, ChatAPI
 from imesh.coalesce import coalesce
 from imesh.errors import MeshError
 from imesh.v1 import chat_service_pb2, chat_service_pb2_grpc
+from router.readiness import ReadinessHealthServicer
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ async def start_router_server(
     )
     servicer = ChatServicer(api, coalesce_ms=coalesce_ms)
     chat_service_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
-    health_servicer = health_aio.HealthServicer()
+    health_servicer = ReadinessHealthServicer(api, SERVICE_NAME)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -67,7 +67,7 @@ class ChatRouter:
             self._backends, self.recorder, self._timeouts, clock=clock, rng=rng
         )
 
-    def ready(self) -> bool:
+    async def ready(self) -> bool:
         """Some deployment can take traffic (its breaker is closed)."""
         return any(b.state is BreakerState.CLOSED for b in self.breakers.values())
 

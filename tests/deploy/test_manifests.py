@@ -84,6 +84,12 @@ def test_provider_keys_come_from_secrets_named_by_config() -> None:
         assert "secretKeyRef" in env[key.env_name]["valueFrom"], "keys never inline"
 
 
+def test_shared_router_readiness_follows_breakers_and_liveness_does_not() -> None:
+    (router,) = pod_containers(deployment(render("base"), "router"))
+    assert router["readinessProbe"]["grpc"]["service"] == "imesh.v1.ChatService"
+    assert "service" not in router["livenessProbe"]["grpc"]
+
+
 def test_router_grace_period_outlasts_its_drain() -> None:
     docs = render("base")
     router = deployment(docs, "router")

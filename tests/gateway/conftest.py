@@ -212,6 +212,12 @@ class FakeChatAPI:
             raise self.error
         return self.models
 
+    async def ready(self) -> bool:
+        if self.error is not None and not self.events:
+            return False  # the router "fails"
+        closed = chat_service_pb2.BREAKER_STATE_CLOSED
+        return any(d.breaker_state == closed for d in self.models.deployments)
+
     async def aclose(self) -> None:
         return None
 

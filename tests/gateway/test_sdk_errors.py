@@ -251,7 +251,14 @@ async def test_readyz_is_503_when_the_router_fails(make_edge, fake_api) -> None:
     async with make_edge(api) as edge, edge.http() as http:
         response = await http.get("/readyz")
     assert response.status_code == 503
-    assert "UNREACHABLE" in response.json()["reason"]
+    assert "router unreachable" in response.json()["reason"]
+
+
+async def test_readyz_needs_no_key_when_the_router_requires_keys(keyed_edge) -> None:
+    # Probes carry no key: readiness must not depend on one (ListModels would refuse).
+    async with keyed_edge.http() as http:
+        response = await http.get("/readyz", headers={"authorization": ""})
+    assert response.status_code == 200
 
 
 async def test_error_event_without_usage_still_ends_the_stream_with_error(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,11 +14,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from imesh.api import CallContext
+from imesh.client import Client
 from imesh.errors import MeshError
 from imesh.v1 import chat_pb2, chat_service_pb2, chat_service_pb2_grpc, events_pb2
 from router.auth import hash_api_key
 from router.server import RouterServer, start_router_server
 from tests.reliability.mesh_fakes import Mesh, Script, make_mesh, unavailable, user_input
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @dataclass
@@ -176,6 +185,32 @@ async def test_health_is_serving_for_the_server_and_chat_service(served: Served)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+async def test_chat_service_health_turns_not_serving_when_every_breaker_is_open(
+    served: Served,
+) -> None:
+    health = health_pb2_grpc.HealthStub(served.channel)
+    for breaker in served.mesh.router.breakers.values():
+        for _ in range(breaker.config.consecutive_failures):
+            assert breaker.try_acquire()
+            breaker.record_failure()
+    ready = await health.Check(health_pb2.HealthCheckRequest(service="imesh.v1.ChatService"))
+    live = await health.Check(health_pb2.HealthCheckRequest(service=""))
+    # Readiness follows the breakers; liveness does not (no restart while providers are down).
+    assert ready.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert live.status == health_pb2.HealthCheckResponse.SERVING
+    async with Client(served.server.address) as client:
+        assert await client.ready() is False
+
+
+async def test_client_ready_is_true_for_a_serving_router_and_false_when_unreachable(
+    served: Served,
+) -> None:
+    async with Client(served.server.address) as client:
+        assert await client.ready() is True
+    async with Client(f"127.0.0.1:{free_port()}") as client:
+        assert await client.ready() is False
+
+
 async def test_reflection_lists_chat_service_and_health(served: Served) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(served.channel)
     call = stub.ServerReflectionInfo()
@@ -206,6 +241,9 @@ class RecordingAPI:
 
     async def list_models(self, ctx: CallContext) -> chat_service_pb2.ListModelsResponse:
         return chat_service_pb2.ListModelsResponse()
+
+    async def ready(self) -> bool:
+        return True
 
     async def aclose(self) -> None:
         pass

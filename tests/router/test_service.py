@@ -141,13 +141,13 @@ async def test_ready_while_some_deployment_breaker_is_closed() -> None:
         {d: [Script(fail_at=0, error=unavailable())] for d in ("dep-a", "dep-b", "dep-c")},
         router={"breaker": {"consecutive_failures": 1}},
     )
-    assert mesh.router.ready()
+    assert await mesh.router.ready()
     for name in ("dep-a", "dep-b"):
         await collect(mesh, user_input(name))
-    assert mesh.router.ready()
+    assert await mesh.router.ready()
     await collect(mesh, user_input("dep-c"))
     assert all(b.state is BreakerState.OPEN for b in mesh.router.breakers.values())
-    assert not mesh.router.ready()
+    assert not await mesh.router.ready()
 
 
 def test_router_refuses_a_config_whose_providers_have_no_backend() -> None:
