@@ -54,6 +54,9 @@ def configure_logging(command: str) -> None:
         print(f"IMESH_LOG_LEVEL: unknown level {level!r}, using {default}", file=sys.stderr)
         level = default
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    # httpx logs every request at INFO: per-request formatting on the hot path, and noise.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
