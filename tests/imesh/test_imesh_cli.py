@@ -358,3 +358,19 @@ def test_router_logs_a_breaker_opening_for_its_operator(tmp_path: Path) -> None:
     finally:
         proc.stop()
     assert "WARNING router.recorder: deployment down-1: breaker closed -> open" in proc.stderr()
+
+
+def test_services_never_log_each_upstream_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from imesh.cli.main import configure_logging
+
+    monkeypatch.setenv("IMESH_LOG_LEVEL", "INFO")
+    chatty = [logging.getLogger(name) for name in ("httpx", "httpcore")]
+    before = [logger.level for logger in chatty]
+    try:
+        configure_logging("up")
+        assert all(logger.getEffectiveLevel() >= logging.WARNING for logger in chatty)
+    finally:
+        for logger, level in zip(chatty, before, strict=True):
+            logger.setLevel(level)
