@@ -17,6 +17,7 @@ from adapters.http_errors import error_from_stream_event
 from adapters.json_body import JsonBody
 from adapters.openai_translate import float32
 from adapters.sse import SSEEvent
+from adapters.stream_translator import TranslatorState
 from adapters.usage_estimate import TokenCounter
 from imesh.errors import invalid_argument
 from imesh.v1 import chat_pb2, events_pb2
@@ -108,7 +109,7 @@ def build_messages_body(
     return raw.encode(body)
 
 
-class AnthropicStreamTranslator:
+class AnthropicStreamTranslator(TranslatorState):
     """message_start … content_block_* … message_delta, message_stop → ChatEvents."""
 
     def __init__(
@@ -119,27 +120,13 @@ class AnthropicStreamTranslator:
         provider: str,
         secrets: Sequence[str],
     ) -> None:
-        self._chat = chat
-        self._counter = counter
-        self._provider = provider
-        self._secrets = secrets
+        super().__init__(chat, counter, provider=provider, secrets=secrets)
         self._json_mode = json_mode(chat)
         # content block index -> tool-call index (-1: the JSON-mode tool, relayed as text)
         self._tool_blocks: dict[int, int] = {}
         self._usage: dict[str, int] = {}
         self._usage_final = False
         self._stop_reason = ""
-        self._seen: list[str] = []
-        self._started = False
-        self._done = False
-
-    @property
-    def output_started(self) -> bool:
-        return self._started
-
-    @property
-    def done(self) -> bool:
-        return self._done
 
     def feed(self, event: SSEEvent) -> list[events_pb2.ChatEvent]:
         data = json.loads(event.data)
@@ -240,7 +227,7 @@ class AnthropicStreamTranslator:
     async def partial_usage(self) -> events_pb2.Usage:
         if self._usage_final:
             return self._provider_usage()
-        estimate = await self._counter.estimate(self._chat, self._seen)
+        estimate = await self._estimate()
         if "input_tokens" in self._usage:
             # message_start's prompt counts are exact; only the completion is counted here.
             usage = self._provider_usage()

@@ -8,7 +8,7 @@ import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 import httpx
@@ -22,6 +22,7 @@ from adapters.http_errors import (
     upstream_unreachable,
 )
 from adapters.sse import SSEEvent, iter_sse
+from adapters.stream_translator import StreamTranslator
 from imesh.errors import MeshError
 from imesh.v1 import events_pb2
 
@@ -29,27 +30,6 @@ from imesh.v1 import events_pb2
 # (ValueError), or valid JSON with a null, list or string where an object or number
 # belongs (TypeError, AttributeError). All are the provider's fault, never ours.
 MALFORMED = (ValueError, TypeError, AttributeError)
-
-
-class StreamTranslator(Protocol):
-    """Turns one provider's SSE events into ChatEvents for one call."""
-
-    @property
-    def output_started(self) -> bool:
-        """True once a content or tool-call event was produced."""
-
-    @property
-    def done(self) -> bool:
-        """True once the provider's terminal event arrived."""
-
-    def feed(self, event: SSEEvent) -> list[events_pb2.ChatEvent]:
-        """Events for one SSE event; raises MeshError for an in-stream provider error."""
-
-    async def final_events(self) -> list[events_pb2.ChatEvent]:
-        """The closing usage and finish events of a complete stream."""
-
-    async def partial_usage(self) -> events_pb2.Usage:
-        """What is known of usage now: the provider's, or an estimate flagged so."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from typing import Any
 from adapters.http_errors import error_from_stream_event
 from adapters.json_body import JsonBody
 from adapters.sse import SSEEvent
+from adapters.stream_translator import TranslatorState
 from adapters.usage_estimate import TokenCounter
 from imesh.errors import invalid_argument
 from imesh.v1 import chat_pb2, events_pb2
@@ -108,7 +109,7 @@ def usage_from_openai(usage: dict[str, Any]) -> events_pb2.Usage:
     )
 
 
-class OpenAIStreamTranslator:
+class OpenAIStreamTranslator(TranslatorState):
     """chat.completion.chunk events → ChatEvents, for one call (choice 0 only)."""
 
     def __init__(
@@ -119,26 +120,10 @@ class OpenAIStreamTranslator:
         provider: str,
         secrets: Sequence[str],
     ) -> None:
-        self._chat = chat
-        self._counter = counter
-        self._provider = provider
-        self._secrets = secrets
+        super().__init__(chat, counter, provider=provider, secrets=secrets)
         self._usage: events_pb2.Usage | None = None
         self._finish: events_pb2.FinishReason.ValueType | None = None
         self._tool_calls = False
-        # Completion text kept for a local count if the provider's usage never comes;
-        # bounded by the completion itself.
-        self._seen: list[str] = []
-        self._started = False
-        self._done = False
-
-    @property
-    def output_started(self) -> bool:
-        return self._started
-
-    @property
-    def done(self) -> bool:
-        return self._done
 
     def feed(self, event: SSEEvent) -> list[events_pb2.ChatEvent]:
         if event.data == "[DONE]":
@@ -190,14 +175,13 @@ class OpenAIStreamTranslator:
             self._finish = FINISH_REASONS.get(reason, events_pb2.FINISH_REASON_STOP)
 
     async def final_events(self) -> list[events_pb2.ChatEvent]:
-        usage = self._usage or await self._counter.estimate(self._chat, self._seen)
         return [
-            events_pb2.ChatEvent(usage=usage),
+            events_pb2.ChatEvent(usage=await self.partial_usage()),
             events_pb2.ChatEvent(finish=events_pb2.Finish(reason=self._finish_reason())),
         ]
 
     async def partial_usage(self) -> events_pb2.Usage:
-        return self._usage or await self._counter.estimate(self._chat, self._seen)
+        return self._usage or await self._estimate()
 
     def _finish_reason(self) -> events_pb2.FinishReason.ValueType:
         if self._finish is not None:
