@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import time
 import uuid
@@ -22,6 +23,8 @@ from router.planner import Planner
 from router.recorder import Recorder, RecordSink
 from router.stats import StatsRegistry
 from router.validate import validate_chat_input
+
+log = logging.getLogger(__name__)
 
 _CAPABILITY_PROTO: Mapping[Capability, chat_pb2.Capability.ValueType] = {
     "tools": chat_pb2.CAPABILITY_TOOLS,
@@ -62,6 +65,7 @@ class ChatRouter:
         rng = rng or random.Random()
         self._planner = Planner(config, self.breakers, self.stats, rng)
         self._auth = ApiKeyAuth(config.router.api_key_hashes)
+        self._catalog = _catalog(config)
         self.recorder = Recorder(sinks)
         self._executor = Executor(
             self._backends, self.recorder, self._timeouts, clock=clock, rng=rng
@@ -99,37 +103,47 @@ class ChatRouter:
 
     async def list_models(self, ctx: CallContext) -> chat_service_pb2.ListModelsResponse:
         self._auth.check(ctx.api_key)
-        config = self._config
-        response = chat_service_pb2.ListModelsResponse(
-            aliases=[
-                chat_service_pb2.ModelAlias(
-                    name=name, candidates=list(spec.candidates), policy=spec.policy
-                )
-                for name, spec in config.aliases.items()
-            ]
-        )
-        for d in config.deployments:
-            response.deployments.append(
-                chat_service_pb2.DeploymentInfo(
-                    name=d.name,
-                    provider=d.provider,
-                    provider_model=d.model,
-                    context_window=d.context_window,
-                    capabilities=sorted(_CAPABILITY_PROTO[c] for c in d.capabilities),
-                    price=chat_service_pb2.Price(
-                        input_micros_per_mtok=d.price.input_micros,
-                        output_micros_per_mtok=d.price.output_micros,
-                        cached_input_micros_per_mtok=d.price.cached_input_micros,
-                    ),
-                    weight=d.weight,
-                    breaker_state=self.breakers[d.name].state.to_proto(),
-                )
-            )
+        response = chat_service_pb2.ListModelsResponse()
+        response.CopyFrom(self._catalog)  # the static part, built once
+        for info in response.deployments:
+            info.breaker_state = self.breakers[info.name].state.to_proto()
         return response
 
     async def aclose(self) -> None:
-        for backend in self._backends.values():
-            await backend.aclose()
+        """Close every backend, even when one of them fails to close."""
+        for name, backend in self._backends.items():
+            try:
+                await backend.aclose()
+            except Exception:
+                log.exception("closing the backend of provider %s failed", name)
+
+
+def _catalog(config: MeshConfig) -> chat_service_pb2.ListModelsResponse:
+    """Aliases and deployments as ListModels reports them, minus the live breaker states."""
+    return chat_service_pb2.ListModelsResponse(
+        aliases=[
+            chat_service_pb2.ModelAlias(
+                name=name, candidates=list(spec.candidates), policy=spec.policy
+            )
+            for name, spec in config.aliases.items()
+        ],
+        deployments=[
+            chat_service_pb2.DeploymentInfo(
+                name=d.name,
+                provider=d.provider,
+                provider_model=d.model,
+                context_window=d.context_window,
+                capabilities=sorted(_CAPABILITY_PROTO[c] for c in d.capabilities),
+                price=chat_service_pb2.Price(
+                    input_micros_per_mtok=d.price.input_micros,
+                    output_micros_per_mtok=d.price.output_micros,
+                    cached_input_micros_per_mtok=d.price.cached_input_micros,
+                ),
+                weight=d.weight,
+            )
+            for d in config.deployments
+        ],
+    )
 
 
 async def aggregate(

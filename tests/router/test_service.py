@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 
@@ -174,3 +176,24 @@ async def test_text_of_a_successful_stream_is_exactly_the_backend_tokens() -> No
     mesh = make_mesh({"dep-a": [Script(tokens=["x", "y", "z"])]})
     events, _ = await collect(mesh, user_input("dep-a"))
     assert text_of(events) == "xyz"
+
+
+async def test_aclose_closes_every_backend_even_when_one_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    mesh = make_mesh({})
+    closed: list[str] = []
+
+    def closer(name: str, fail: bool) -> Any:
+        async def aclose() -> None:
+            closed.append(name)
+            if fail:
+                raise RuntimeError("socket already gone")
+
+        return aclose
+
+    for i, (name, backend) in enumerate(mesh.router._backends.items()):
+        backend.aclose = closer(name, fail=i == 0)  # type: ignore[method-assign]
+    await mesh.router.aclose()
+    assert closed == list(mesh.router._backends)
+    assert "closing the backend of provider" in caplog.text
