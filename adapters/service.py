@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from adapters.backend import Backend
 from adapters.http_errors import truncate_utf8
-from imesh.coalesce import coalesce
+from adapters.coalesce import coalesce
 from imesh.errors import MeshError
 from imesh.v1 import adapter_service_pb2, adapter_service_pb2_grpc
 
@@ -27,7 +27,7 @@ SERVICE_NAME: Final = adapter_service_pb2.DESCRIPTOR.services_by_name["AdapterSe
 class AdapterServicer(adapter_service_pb2_grpc.AdapterServiceServicer):
     """Relays one Backend's events as GenerateResponse batches.
 
-    Events that are ready together go out in one message (imesh.coalesce), the first is
+    Events that are ready together go out in one message (adapters.coalesce), the first is
     never held back; closing the call closes the backend's iterator.
     """
 

@@ -17,7 +17,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from imesh.api import CallContext, ChatAPI
-from imesh.coalesce import coalesce
+from adapters.coalesce import coalesce
 from imesh.errors import MeshError
 from imesh.v1 import chat_service_pb2, chat_service_pb2_grpc
 from router.readiness import ReadinessHealthServicer

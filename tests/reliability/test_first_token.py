@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from adapters.backend import Backend
 from imesh.api import CallContext
-from imesh.coalesce import coalesce
+from adapters.coalesce import coalesce
 from imesh.v1 import adapter_service_pb2, events_pb2
 from router.service import ChatRouter
 from tests.reliability.mesh_fakes import mesh_config, user_input

@@ -9,11 +9,11 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from imesh.cli._common import describe, run
+from router.cli._common import describe, run
 
 if TYPE_CHECKING:
-    from imesh.bench.report import BenchReport
-    from imesh.bench.scenario import BenchSettings
+    from bench.report import BenchReport
+    from bench.scenario import BenchSettings
 
 EPILOG = """\
 examples:
@@ -55,9 +55,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from imesh.bench.processes import BenchError
-    from imesh.bench.report import to_markdown
-    from imesh.bench.scenario import BenchSettings
+    from bench.processes import BenchError
+    from bench.report import to_markdown
+    from bench.scenario import BenchSettings
 
     try:
         settings = BenchSettings(
@@ -90,7 +90,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 async def _bench(settings: BenchSettings) -> BenchReport:
     """The scenario, cancelled by SIGTERM (Ctrl-C already cancels it) so its cleanup runs."""
-    from imesh.bench.scenario import run_scenario
+    from bench.scenario import run_scenario
 
     task = asyncio.current_task()
     assert task is not None

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imesh.bench.load import LoadResult
+from bench.load import LoadResult
 
 # Above this share of its core, the load generator, not the server, limits throughput.
 CLIENT_BOUND = 0.9

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from imesh.cli._common import describe, fail, load_config_or_exit, run, shown_address, stop_signal
+from router.cli._common import describe, fail, load_config_or_exit, run, shown_address, stop_signal
 
 EPILOG = """\
 examples:

@@ -17,11 +17,11 @@ from typing import Any
 
 import yaml
 
-from imesh.bench import litellm_proxy
-from imesh.bench.load import GrpcTarget, HttpTarget, Target, run_load
-from imesh.bench.processes import BenchError, Pinning, ServerProcess, pin
-from imesh.bench.report import BenchReport, Comparison, Measurement, PathReport
-from imesh.bench.upstream import READY_PREFIX
+from bench import litellm_proxy
+from bench.load import GrpcTarget, HttpTarget, Target, run_load
+from bench.processes import BenchError, Pinning, ServerProcess, pin
+from bench.report import BenchReport, Comparison, Measurement, PathReport
+from bench.upstream import READY_PREFIX
 
 UPSTREAM_MODEL = "bench-model"
 MESH_ALIAS = "bench"
@@ -238,7 +238,7 @@ def _upstream_argv(tokens: int) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "imesh.bench.upstream",
+        "bench.upstream",
         "--listen",
         "127.0.0.1:0",
         "--tokens",
@@ -250,7 +250,7 @@ def _mesh_argv(config_path: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "imesh.cli.main",
+        "router.cli.main",
         "up",
         "--config",
         config_path,

@@ -20,10 +20,10 @@ import yaml
 
 from adapters.config import RemoteConfig
 from adapters.remote import RemoteBackend
-from imesh.cli.main import main
+from router.cli.main import main
 from imesh.v1 import adapter_service_pb2, chat_pb2
 
-IMESH = [sys.executable, "-m", "imesh.cli.main"]
+IMESH = [sys.executable, "-m", "router.cli.main"]
 CONFIG = {
     "providers": {
         "fast": {"kind": "simulated", "ttft_ms": 5, "tokens_per_second": 2000, "seed": 1},
@@ -363,7 +363,7 @@ def test_router_logs_a_breaker_opening_for_its_operator(tmp_path: Path) -> None:
 def test_services_never_log_each_upstream_request(monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
 
-    from imesh.cli.main import configure_logging
+    from router.cli.main import configure_logging
 
     monkeypatch.setenv("IMESH_LOG_LEVEL", "INFO")
     chatty = [logging.getLogger(name) for name in ("httpx", "httpcore")]

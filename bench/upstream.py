@@ -1,6 +1,6 @@
 """A zero-delay OpenAI-compatible upstream: raw ASGI on uvicorn, run as its own process.
 
-`python -m imesh.bench.upstream --listen 127.0.0.1:0 --tokens N` serves
+`python -m bench.upstream --listen 127.0.0.1:0 --tokens N` serves
 `POST /v1/chat/completions` (streaming and not, with usage) in the OpenAI wire format and
 prints `upstream on http://HOST:PORT` once it accepts connections. Every answer is
 `tokens` tokens long (fewer when the request's max_tokens asks for fewer), so the

@@ -6,7 +6,7 @@ import argparse
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from imesh.cli._common import add_router_arguments, describe, fail, run
+from router.cli._common import add_router_arguments, describe, fail, run
 
 if TYPE_CHECKING:
     from imesh.v1 import chat_service_pb2

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from imesh.coalesce import coalesce
+from adapters.coalesce import coalesce
 from imesh.errors import MeshError
 from imesh.v1 import events_pb2
 

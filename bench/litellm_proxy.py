@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from imesh.bench.processes import BenchError, ServerProcess
+from bench.processes import BenchError, ServerProcess
 
 MODEL_ALIAS = "bench"
 READY_PATH = "/health/liveliness"

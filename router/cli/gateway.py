@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from imesh.cli._common import default_router, describe, fail, load_config_or_exit
+from router.cli._common import default_router, describe, fail, load_config_or_exit
 
 EPILOG = """\
 examples:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from imesh.cli._common import (
+from router.cli._common import (
     default_config_path,
     describe,
     fail,

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from imesh.cli import adapter, bench, chat, gateway, models, up
+from router.cli import adapter, bench, chat, gateway, models, up
 
 DESCRIPTION = """\
 inference-mesh: a gRPC-native LLM inference mesh.

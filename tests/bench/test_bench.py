@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from imesh.bench.report import percentile, to_markdown
-from imesh.bench.scenario import BenchSettings, run_scenario
-from imesh.bench.upstream import ChatUpstream
-from imesh.cli.main import build_parser
+from bench.report import percentile, to_markdown
+from bench.scenario import BenchSettings, run_scenario
+from bench.upstream import ChatUpstream
+from router.cli.main import build_parser
 
 TINY = BenchSettings(requests=20, concurrency=4, tokens=8, warmup=4, pin=False, litellm=False)
 PATHS = ["upstream direct (baseline)", "mesh REST edge", "mesh gRPC (imesh.Client)"]

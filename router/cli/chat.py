@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from imesh.cli._common import add_router_arguments, describe, fail, run
+from router.cli._common import add_router_arguments, describe, fail, run
 
 if TYPE_CHECKING:
     from imesh.v1 import chat_pb2, chat_service_pb2, events_pb2
