@@ -5,7 +5,10 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 
+from adapters.deadline import Deadline
 from imesh.v1 import adapter_service_pb2, events_pb2
+
+Batch = list[events_pb2.ChatEvent]
 
 
 class Backend(abc.ABC):
@@ -14,21 +17,26 @@ class Backend(abc.ABC):
     Lifecycle: built once from its provider config, shared by all deployments that name
     that provider, `aclose()`d at shutdown (closes connection pools).
 
-    `chat` yields `content`, `tool_call`, `usage` and `finish` events (never `start` or
-    `error`; the router adds those). The last `usage` event is the attempt's usage. On
-    failure it raises `imesh.errors.MeshError` with a gRPC code the router acts on
-    (UNAVAILABLE, RESOURCE_EXHAUSTED with `retry_after`, DEADLINE_EXCEEDED, ...); when
-    output had begun, it first yields the usage it knows (provider-reported, or an
-    estimate with `estimated=True`). Closing the iterator (the router cancels or
-    `aclose()`s it) must close the upstream call at once.
+    `chat` yields BATCHES: each list holds the events one upstream read delivered,
+    translated in one synchronous pass (never empty; the first output is never held back
+    behind a later read). Events are `content`, `tool_call`, `usage` and `finish` (never
+    `start` or `error`; the router adds those). The last `usage` event is the attempt's
+    usage.
 
-    `deadline` is an absolute `time.monotonic()` instant, or None.
+    Failure contract: on failure `chat` raises `imesh.errors.MeshError` whose `Reason`
+    tells the router what to do (see `imesh.errors.classify`). When output had begun, it
+    first yields a batch with the usage it knows (provider-reported, or an estimate with
+    `estimated=True`), and the error carries the same usage. Closing the iterator (the
+    router cancels or `aclose()`s it) closes the upstream call at once and returns its
+    connection to the pool or drops it; nothing is left open.
+
+    `deadline` bounds the whole call; past it the call ends with DEADLINE_EXCEEDED.
     """
 
     @abc.abstractmethod
     def chat(
-        self, request: adapter_service_pb2.GenerateRequest, deadline: float | None
-    ) -> AsyncIterator[events_pb2.ChatEvent]: ...
+        self, request: adapter_service_pb2.GenerateRequest, deadline: Deadline
+    ) -> AsyncIterator[Batch]: ...
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release pooled connections."""
