@@ -1,55 +1,43 @@
-"""Deadline: when a call must end, as one `time.monotonic()` instant.
-
-The mesh keeps every deadline on one clock, `time.monotonic()`. asyncio timers run on the
-loop's clock, which may differ; `loop_at()` is the one place that converts between them.
-"""
+"""Deadline: when a call must be over, on one clock (`time.monotonic()`), with the one
+conversion to the event loop's clock."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, order=True)
 class Deadline:
-    """An absolute `time.monotonic()` instant, or none (`at is None`: unbounded).
+    """An absolute `time.monotonic()` instant (`math.inf`: no limit). Immutable; ordered,
+    so `min(a, b)` is the earlier one."""
 
-    Immutable; derive a tighter one with `earliest()`.
-    """
-
-    at: float | None = None
-
-    @classmethod
-    def never(cls) -> Deadline:
-        return _NEVER
+    at: float = math.inf
 
     @classmethod
     def after(cls, seconds: float | None) -> Deadline:
-        """`seconds` from now (None: unbounded)."""
-        return _NEVER if seconds is None else cls(time.monotonic() + seconds)
+        """`seconds` from now; None is no limit."""
+        return cls(math.inf if seconds is None else time.monotonic() + seconds)
 
-    def remaining(self) -> float | None:
-        """Seconds left (never negative), or None when unbounded."""
-        if self.at is None:
-            return None
-        return max(0.0, self.at - time.monotonic())
+    @property
+    def bounded(self) -> bool:
+        return not math.isinf(self.at)
+
+    def remaining(self) -> float:
+        """Seconds left (never below 0); `math.inf` without a limit."""
+        return max(self.at - time.monotonic(), 0.0)
 
     def expired(self) -> bool:
-        return self.at is not None and time.monotonic() >= self.at
+        return time.monotonic() >= self.at
 
-    def earliest(self, other: float | None) -> Deadline:
-        """This deadline, or the `time.monotonic()` instant `other` when it is sooner."""
-        if other is None or (self.at is not None and self.at <= other):
-            return self
-        return Deadline(other)
-
-    def loop_at(self, loop: asyncio.AbstractEventLoop | None = None) -> float | None:
-        """The instant on the loop's clock, for `asyncio.timeout_at` / `loop.call_at`."""
-        if self.at is None:
+    def loop_at(self) -> float | None:
+        """The same instant on the running loop's clock, for `asyncio.timeout_at` and
+        `Timeout.reschedule` (None: no limit). The loop's clock may not be monotonic()."""
+        if math.isinf(self.at):
             return None
-        loop = loop or asyncio.get_running_loop()
-        return loop.time() + (self.at - time.monotonic())
+        return asyncio.get_running_loop().time() + (self.at - time.monotonic())
 
 
-_NEVER = Deadline(None)
+NO_DEADLINE = Deadline()
