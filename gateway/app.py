@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-import grpc
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -24,7 +23,7 @@ from gateway.sse import DisconnectWatch, relay_stream
 from gateway.translate_request import parse_chat_body
 from gateway.translate_response import completion_body, model_body, model_objects, models_body
 from imesh.api import CallContext, ChatAPI
-from imesh.errors import MeshError
+from imesh.errors import MeshError, Reason
 from imesh.v1 import chat_service_pb2
 from router.config import GatewaySettings
 
@@ -110,9 +109,9 @@ class _Edge:
         model = call.input.model
         created = int(time.time())
         if call.stream:
-            events = self._api.chat_stream(call.input, ctx)
+            batches = self._api.chat_batches(call.input, ctx)
             args = (completion_id, model, created, call.include_usage)
-            await relay_stream(events, args, ex, receive, send)
+            await relay_stream(batches, args, ex, receive, send)
             return
 
         watch = DisconnectWatch(receive)
@@ -175,11 +174,7 @@ class _Edge:
             body += b'"param":null,"code":"method_not_allowed"}}'
             await send_json(send, ex, 405, body)
             return
-        err = MeshError(
-            grpc.StatusCode.NOT_FOUND,
-            "UNKNOWN_URL",
-            f"Unknown request URL: {scope['method']} {path}",
-        )
+        err = MeshError.of(Reason.UNKNOWN_URL, f"Unknown request URL: {scope['method']} {path}")
         await send_error(send, ex, err)
 
     async def _models(self, ex: Exchange, send: Send) -> chat_service_pb2.ListModelsResponse | None:
@@ -227,17 +222,14 @@ async def read_body(receive: Receive, ex: Exchange, limit: int) -> bytes:
 
 
 def too_large(limit: int) -> MeshError:
-    return MeshError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        "REQUEST_TOO_LARGE",
-        f"the request body exceeds the limit of {limit} bytes",
+    return MeshError.of(
+        Reason.REQUEST_TOO_LARGE, f"the request body exceeds the limit of {limit} bytes"
     )
 
 
 def model_not_found(model: str) -> MeshError:
-    return MeshError(
-        grpc.StatusCode.NOT_FOUND,
-        "MODEL_NOT_FOUND",
+    return MeshError.of(
+        Reason.MODEL_NOT_FOUND,
         f"The model '{model}' does not exist or you do not have access to it.",
     )
 

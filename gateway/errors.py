@@ -1,4 +1,5 @@
-"""The edge's one mapping from a mesh failure (MeshError / gRPC status) to HTTP + OpenAI body.
+"""The edge's one mapping from a mesh failure (MeshError / gRPC status) to HTTP + OpenAI body
+(the status itself comes from `imesh.errors.classify`, the one table).
 
 Every error the edge returns, whether raised by the router, by the typed client, or by the
 edge's own validation, goes through `http_error`; nothing else picks an HTTP status.
@@ -14,46 +15,12 @@ from dataclasses import dataclass
 
 import grpc
 
-from imesh.errors import MeshError
+from imesh.errors import MeshError, Reason, classify
 
 logger = logging.getLogger("imesh.gateway")
 
-# Reasons that turn RESOURCE_EXHAUSTED into 413 instead of 429: the request itself is too big,
-# waiting will not help.
-TOO_LARGE_REASONS = frozenset(
-    {"REQUEST_TOO_LARGE", "BODY_TOO_LARGE", "PAYLOAD_TOO_LARGE", "MESSAGE_TOO_LARGE"}
-)
-# A bug in the edge itself: the one case that is an honest 500 (never with a trace).
-EDGE_INTERNAL = "EDGE_INTERNAL"
 # HTTP 499 ("client closed request", nginx): the caller went away before the answer.
 CLIENT_CLOSED = 499
-
-_S = grpc.StatusCode
-ALL_ATTEMPTS_FAILED = "ALL_ATTEMPTS_FAILED"
-# With ALL_ATTEMPTS_FAILED, the last attempt's code decides; these become 502 (rate limits
-# stay 429 with Retry-After, deadlines stay 504).
-_UPSTREAM_FAILED_AS_502 = frozenset({_S.UNAVAILABLE, _S.INTERNAL, _S.UNKNOWN, _S.ABORTED})
-# gRPC code -> (HTTP status, OpenAI error type).
-_BY_CODE: dict[grpc.StatusCode, tuple[int, str]] = {
-    _S.INVALID_ARGUMENT: (400, "invalid_request_error"),
-    _S.FAILED_PRECONDITION: (400, "invalid_request_error"),
-    _S.OUT_OF_RANGE: (400, "invalid_request_error"),
-    _S.UNAUTHENTICATED: (401, "authentication_error"),
-    _S.PERMISSION_DENIED: (403, "permission_error"),
-    _S.NOT_FOUND: (404, "invalid_request_error"),
-    _S.ALREADY_EXISTS: (409, "invalid_request_error"),
-    _S.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
-    _S.CANCELLED: (CLIENT_CLOSED, "api_error"),
-    _S.UNIMPLEMENTED: (501, "api_error"),
-    _S.UNAVAILABLE: (503, "api_error"),
-    _S.DEADLINE_EXCEEDED: (504, "api_error"),
-    # Upstream failures: the edge is a gateway, the fault is behind it.
-    _S.ABORTED: (502, "api_error"),
-    _S.INTERNAL: (502, "api_error"),
-    _S.UNKNOWN: (502, "api_error"),
-    _S.DATA_LOSS: (502, "api_error"),
-    _S.OK: (502, "api_error"),
-}
 
 # Proto field paths -> the OpenAI request's names, applied in order to a violation's field.
 _PARAM_REWRITES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
@@ -92,20 +59,20 @@ def openai_param(field_path: str) -> str:
 
 def error_object(err: MeshError) -> dict[str, object]:
     """The inner OpenAI error object {message, type, param, code} for a MeshError."""
-    _, err_type = _status_and_type(err)
+    err_type = classify(err).http_type
     param = openai_param(err.field_violations[0].field) if err.field_violations else None
     return {
-        "message": err.message or err.reason,
+        "message": err.message or err.reason.value,
         "type": err_type,
         "param": param,
-        "code": err.reason.lower() if err.reason else None,
+        "code": err.reason.value.lower(),
     }
 
 
 def http_error(exc: BaseException) -> HttpError:
     """The HTTP status, OpenAI error body and headers for any failure of a call."""
     err = as_mesh_error(exc)
-    status, _ = _status_and_type(err)
+    status = classify(err).http_status
     body = json.dumps({"error": error_object(err)}, separators=(",", ":")).encode()
     headers: tuple[tuple[bytes, bytes], ...] = ()
     # 429 always says when to come back; 503 (breakers open, draining) when it knows.
@@ -126,19 +93,7 @@ def as_mesh_error(exc: BaseException) -> MeshError:
         return exc
     if isinstance(exc, grpc.RpcError):
         return MeshError.from_rpc_error(exc)
-    return MeshError(grpc.StatusCode.INTERNAL, EDGE_INTERNAL, "internal error in the edge")
-
-
-def _status_and_type(err: MeshError) -> tuple[int, str]:
-    if err.reason == EDGE_INTERNAL:
-        return 500, "api_error"
-    if err.code is grpc.StatusCode.RESOURCE_EXHAUSTED and err.reason in TOO_LARGE_REASONS:
-        return 413, "invalid_request_error"
-    if err.reason == ALL_ATTEMPTS_FAILED and err.code in _UPSTREAM_FAILED_AS_502:
-        # Every upstream attempt failed: a bad gateway, not the mesh being unavailable
-        # (503 stays for "the mesh refuses now": breakers open, draining).
-        return 502, "api_error"
-    return _BY_CODE.get(err.code, (502, "api_error"))
+    return MeshError.of(Reason.EDGE_INTERNAL, "internal error in the edge")
 
 
 def log_unexpected(exc: BaseException) -> None:

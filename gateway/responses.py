@@ -12,11 +12,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import grpc
 from starlette.types import Scope, Send
 
 from gateway.errors import http_error
-from imesh.errors import MeshError
+from imesh.errors import MeshError, Reason
 
 REQUEST_ID = b"x-request-id"
 EDGE_OVERHEAD = b"x-imesh-edge-overhead-ms"
@@ -98,7 +97,7 @@ async def send_json(
 
 
 def malformed_key() -> MeshError:
-    return MeshError(grpc.StatusCode.UNAUTHENTICATED, "INVALID_API_KEY", "the API key is malformed")
+    return MeshError.of(Reason.INVALID_API_KEY, "the API key is malformed")
 
 
 async def send_error(send: Send, ex: Exchange, exc: BaseException) -> None:

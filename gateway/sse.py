@@ -1,7 +1,7 @@
-"""Relays a ChatEvent stream to the caller as SSE, frame by frame, and cancels on disconnect.
+"""Relays a ChatEvent stream to the caller as SSE, batch by batch, and cancels on disconnect.
 
-Each event is written the moment it arrives (one ASGI send per frame, nothing held back
-except usage, which OpenAI puts last). Response headers wait for the first event, so a
+Each batch (the events one upstream read delivered) is written the moment it arrives, as
+one ASGI send of its frames; nothing is held back except usage, which OpenAI puts last. Response headers wait for the first event, so a
 failure before it still gets its real HTTP status, and the overhead header can be measured
 to the first chunk. When the caller goes away the request task is cancelled, which closes
 the event iterator and with it the call to the upstream.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from starlette.types import Receive, Send
 
@@ -65,7 +65,7 @@ class DisconnectWatch:
 
 
 async def relay_stream(
-    events: AsyncIterator[events_pb2.ChatEvent],
+    batches: AsyncIterator[Sequence[events_pb2.ChatEvent]],
     encoder_args: tuple[str, str, int, bool],
     ex: Exchange,
     receive: Receive,
@@ -74,20 +74,20 @@ async def relay_stream(
     """Send `events` as an SSE response; any failure ends it the way the SDK expects."""
     watch = DisconnectWatch(receive)
     try:
-        await _relay(events, ChunkEncoder(*encoder_args), ex, watch, send)
+        await _relay(batches, ChunkEncoder(*encoder_args), ex, watch, send)
     except asyncio.CancelledError:
         if not watch.absorb_cancel():
             raise
     finally:
         watch.stop()
-        aclose = getattr(events, "aclose", None)
+        aclose = getattr(batches, "aclose", None)
         if aclose is not None:
             # Closing cancels the call upstream when it is still running (caller gone).
             await aclose()
 
 
 async def _relay(
-    events: AsyncIterator[events_pb2.ChatEvent],
+    batches: AsyncIterator[Sequence[events_pb2.ChatEvent]],
     encoder: ChunkEncoder,
     ex: Exchange,
     watch: DisconnectWatch,
@@ -95,7 +95,7 @@ async def _relay(
 ) -> None:
     waited = time.perf_counter()
     try:
-        first = await anext(events)
+        first = await anext(batches)
     except StopAsyncIteration:
         first = None
     except Exception as exc:  # before any byte went out: a plain HTTP error answers it
@@ -106,15 +106,15 @@ async def _relay(
         return
     ex.waited_s += time.perf_counter() - waited
 
-    body = encoder.frame(first) if first is not None else b""
+    body = encoder.frames(first) if first is not None else b""
     ex.started = True
     await send({"type": "http.response.start", "status": 200, "headers": ex.headers(SSE_HEADERS)})
     await send({"type": "http.response.body", "body": body, "more_body": True})
     try:
-        async for event in events:
-            frame = encoder.frame(event)
-            if frame:
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
+        async for batch in batches:
+            frames = encoder.frames(batch)
+            if frames:
+                await send({"type": "http.response.body", "body": frames, "more_body": True})
     except Exception as exc:  # after the start: the SSE error frame is the only way to say it
         log_unexpected(exc)
         tail = encoder.error(as_mesh_error(exc))

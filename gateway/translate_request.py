@@ -12,9 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-import grpc
-
-from imesh.errors import MeshError, invalid_argument
+from imesh.errors import MeshError, Reason, invalid_argument
 from imesh.v1 import chat_pb2
 
 _INT32_MAX = 2**31 - 1
@@ -346,8 +344,8 @@ def _invalid_json(exc: BaseException) -> MeshError:
         detail = "nested too deeply"
     else:
         detail = str(exc)
-    return _bad_body(f"the request body is not valid JSON ({detail})", "INVALID_JSON")
+    return _bad_body(f"the request body is not valid JSON ({detail})", Reason.INVALID_JSON)
 
 
-def _bad_body(message: str, reason: str = "INVALID_REQUEST") -> MeshError:
-    return MeshError(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
+def _bad_body(message: str, reason: Reason = Reason.INVALID_REQUEST) -> MeshError:
+    return MeshError.of(reason, message)

@@ -7,6 +7,7 @@ a content delta then costs one string escape and a few byte concatenations.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from json.encoder import encode_basestring_ascii as _quote
 
 from gateway.errors import error_object
@@ -113,6 +114,12 @@ class ChunkEncoder:
         self._usage: events_pb2.Usage | None = None
         # True once an error frame went out; the stream must then end without [DONE].
         self.errored = False
+
+    def frames(self, batch: Sequence[events_pb2.ChatEvent]) -> bytes:
+        """One write's worth: the frames of every event of a batch, joined."""
+        if len(batch) == 1:
+            return self.frame(batch[0])
+        return b"".join([self.frame(event) for event in batch])
 
     def frame(self, event: events_pb2.ChatEvent) -> bytes:
         kind = event.WhichOneof("event")

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,6 +33,14 @@ class ChatAPI(Protocol):
     `error` event (with partial usage) and then raises the same MeshError. Closing the
     iterator early (`aclose()`) cancels the call all the way to the upstream.
     """
+
+    def chat_batches(
+        self, request: chat_pb2.ChatInput, ctx: CallContext
+    ) -> AsyncIterator[Sequence[events_pb2.ChatEvent]]:
+        """The stream as it travels: each batch holds the events that were ready together
+        (one upstream read, one gRPC message), in order; the first output is never held
+        back. A batch ending in an `error` event is the last; the error is raised after it."""
+        ...
 
     def chat_stream(
         self, request: chat_pb2.ChatInput, ctx: CallContext

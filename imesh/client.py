@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 
 from imesh.api import CallContext
-from imesh.errors import MeshError
+from imesh.errors import MeshError, Reason
 from imesh.v1 import chat_pb2, chat_service_pb2, chat_service_pb2_grpc, events_pb2
 
 T = TypeVar("T")
@@ -22,8 +22,6 @@ CLOSE_WAIT_S = 1.0
 # Readiness checks answer fast or count as "not ready".
 READY_TIMEOUT_S = 2.0
 CHAT_SERVICE = chat_service_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
-# MeshError reason of a SyncClient call ended (or refused) because the client closed.
-CLIENT_CLOSED = "CLIENT_CLOSED"
 
 
 def user(text: str) -> chat_pb2.Message:
@@ -86,24 +84,41 @@ class Client:
             metadata.append(("x-request-id", ctx.request_id))
         return metadata, ctx.timeout if ctx.timeout is not None else self._timeout
 
-    async def chat_stream(
+    async def chat_batches(
         self, request: chat_pb2.ChatInput, ctx: CallContext | None = None
-    ) -> AsyncIterator[events_pb2.ChatEvent]:
-        """Events in order; an `error` event is yielded, then raised as MeshError."""
+    ) -> AsyncIterator[Sequence[events_pb2.ChatEvent]]:
+        """Events in order, as the router sent them: one batch per stream message (events
+        that were ready together). A batch ending in an `error` event is yielded, then the
+        error is raised as MeshError."""
         metadata, timeout = self._call_options(ctx)
         call = self._chat_stub().ChatStream(
             chat_service_pb2.ChatStreamRequest(input=request), timeout=timeout, metadata=metadata
         )
         try:
             async for response in call:
-                for event in response.events:
-                    yield event
-                    if event.HasField("error"):
-                        raise MeshError.from_event(event.error)
+                events = response.events
+                if not events:
+                    continue
+                yield events
+                last = events[-1]
+                if last.HasField("error"):
+                    raise MeshError.from_event(last.error)
         except grpc.aio.AioRpcError as err:
             raise MeshError.from_rpc_error(err) from None
         finally:
             call.cancel()  # no-op once the call ended; otherwise stops the router's work
+
+    async def chat_stream(
+        self, request: chat_pb2.ChatInput, ctx: CallContext | None = None
+    ) -> AsyncIterator[events_pb2.ChatEvent]:
+        """Events one by one; an `error` event is yielded, then raised as MeshError."""
+        batches = self.chat_batches(request, ctx)
+        try:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+        finally:
+            await batches.aclose()  # type: ignore[attr-defined]
 
     async def chat(
         self, request: chat_pb2.ChatInput, ctx: CallContext | None = None
@@ -182,7 +197,7 @@ class SyncClient:
     Lifecycle: `close()` (or `with`) ends every call still running, then stops the thread.
     Methods may be called from any thread; each call blocks until its answer (or the next
     event) is there. A call blocked or made once the client is closing raises
-    MeshError(CANCELLED, "CLIENT_CLOSED").
+    MeshError with Reason.CLIENT_CLOSED.
     """
 
     def __init__(
@@ -244,7 +259,7 @@ class SyncClient:
                 try:
                     self._run(close())
                 except MeshError as err:  # close() began meanwhile and ends the call
-                    if err.reason != CLIENT_CLOSED:
+                    if err.reason is not Reason.CLIENT_CLOSED:
                         raise
 
     def chat_text(self, model: str, prompt: str, **params: Any) -> str:
@@ -294,7 +309,7 @@ class SyncClient:
 
 
 def client_closed() -> MeshError:
-    return MeshError(grpc.StatusCode.CANCELLED, CLIENT_CLOSED, "the client was closed")
+    return MeshError.of(Reason.CLIENT_CLOSED, "the client was closed")
 
 
 async def _settle_other_tasks() -> None:

@@ -49,6 +49,7 @@ class Reason(enum.StrEnum):
     CLIENT_CLOSED = "CLIENT_CLOSED"
     # The mesh's own state: no verdict on any deployment.
     OVERLOADED = "OVERLOADED"
+    TENANCY_UNAVAILABLE = "TENANCY_UNAVAILABLE"
     ALL_BREAKERS_OPEN = "ALL_BREAKERS_OPEN"
     ALL_COOLING_DOWN = "ALL_COOLING_DOWN"
     DRAINING = "DRAINING"
@@ -137,6 +138,8 @@ _ROWS: dict[Reason, _Row] = {
     Reason.CALLER_DEADLINE: _Row(_S.DEADLINE_EXCEEDED, _C, _N, False, http=504),
     Reason.CLIENT_CLOSED: _Row(_S.CANCELLED, _C, _N, False, http=499),
     Reason.OVERLOADED: _Row(_S.RESOURCE_EXHAUSTED, _M, _N, True, http=503),
+    # Keys cannot be checked (Redis down, the key never seen here): refused, not shed.
+    Reason.TENANCY_UNAVAILABLE: _Row(_S.UNAVAILABLE, _M, _N, True, http=503),
     Reason.ALL_BREAKERS_OPEN: _Row(_S.UNAVAILABLE, _M, _N, False, http=503),
     Reason.ALL_COOLING_DOWN: _Row(_S.RESOURCE_EXHAUSTED, _M, _N, False, http=429),
     Reason.DRAINING: _Row(_S.UNAVAILABLE, _M, _N, True, http=503),
@@ -166,7 +169,14 @@ _ROWS: dict[Reason, _Row] = {
 
 # What a code means when the reason leaves it open (UNSPECIFIED, ALL_ATTEMPTS_FAILED).
 _RETRYABLE_CODES = frozenset(
-    {_S.UNAVAILABLE, _S.RESOURCE_EXHAUSTED, _S.DEADLINE_EXCEEDED, _S.INTERNAL, _S.UNKNOWN, _S.ABORTED}
+    {
+        _S.UNAVAILABLE,
+        _S.RESOURCE_EXHAUSTED,
+        _S.DEADLINE_EXCEEDED,
+        _S.INTERNAL,
+        _S.UNKNOWN,
+        _S.ABORTED,
+    }
 )
 _CALLER_CODES = frozenset(
     {_S.INVALID_ARGUMENT, _S.OUT_OF_RANGE, _S.FAILED_PRECONDITION, _S.CANCELLED, _S.UNAUTHENTICATED}
@@ -270,6 +280,8 @@ class MeshError(Exception):
     usage: events_pb2.Usage | None = None
 
     def __post_init__(self) -> None:
+        if type(self.reason) is not Reason:
+            self.reason = Reason(self.reason)  # a plain string: known reasons only
         super().__init__(self.message)
         object.__setattr__(self, "metadata", _FrozenMap(self.metadata))
         object.__setattr__(self, "_sealed", True)

@@ -167,37 +167,47 @@ async def wait_until(predicate: Callable[[], bool], within_s: float = 5.0) -> No
 
 
 class FakeChatAPI:
-    """A ChatAPI that plays `events` (then raises `error`, if any), or raises `error` at once
-    when `events` is empty. Records each CallContext and whether a stream was closed early."""
+    """A ChatAPI that plays `events` (or `batches`; then raises `error`, if any), or raises
+    `error` at once when there are none. Records each CallContext and whether a stream was closed early."""
 
     def __init__(
         self,
         events: Sequence[events_pb2.ChatEvent] = (),
         error: MeshError | None = None,
         models: chat_service_pb2.ListModelsResponse | None = None,
+        batches: Sequence[Sequence[events_pb2.ChatEvent]] = (),
     ) -> None:
-        self.events = list(events)
+        self.events = [e for b in batches for e in b] if batches else list(events)
+        self.batches = [list(b) for b in batches]
         self.error = error
         self.models = models or chat_service_pb2.ListModelsResponse()
         self.contexts: list[CallContext] = []
         self.inputs: list[chat_pb2.ChatInput] = []
         self.closed_early = 0
 
-    async def chat_stream(
+    async def chat_batches(
         self, request: chat_pb2.ChatInput, ctx: CallContext
-    ) -> AsyncIterator[events_pb2.ChatEvent]:
+    ) -> AsyncIterator[Sequence[events_pb2.ChatEvent]]:
+        """Each scripted event as its own batch, unless `batches` grouped them."""
         self.contexts.append(ctx)
         self.inputs.append(request)
         finished = False
         try:
-            for event in self.events:
-                yield event
+            for batch in self.batches or [[e] for e in self.events]:
+                yield batch
             finished = True
         finally:
             if not finished:
                 self.closed_early += 1
         if self.error is not None:
             raise self.error
+
+    async def chat_stream(
+        self, request: chat_pb2.ChatInput, ctx: CallContext
+    ) -> AsyncIterator[events_pb2.ChatEvent]:
+        async for batch in self.chat_batches(request, ctx):
+            for event in batch:
+                yield event
 
     async def chat(
         self, request: chat_pb2.ChatInput, ctx: CallContext

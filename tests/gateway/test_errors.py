@@ -8,34 +8,38 @@ import grpc
 import pytest
 
 from gateway.errors import http_error, openai_param
-from imesh.errors import FieldViolation, MeshError, invalid_argument
+from imesh.errors import FieldViolation, MeshError, Reason, invalid_argument
 
 S = grpc.StatusCode
+R = Reason
 
 
 @pytest.mark.parametrize(
     ("code", "reason", "status", "err_type"),
     [
-        (S.INVALID_ARGUMENT, "INVALID_REQUEST", 400, "invalid_request_error"),
-        (S.FAILED_PRECONDITION, "NO_CAPABLE_DEPLOYMENT", 400, "invalid_request_error"),
-        (S.UNAUTHENTICATED, "INVALID_API_KEY", 401, "authentication_error"),
-        (S.PERMISSION_DENIED, "FORBIDDEN", 403, "permission_error"),
-        (S.NOT_FOUND, "MODEL_NOT_FOUND", 404, "invalid_request_error"),
-        (S.RESOURCE_EXHAUSTED, "RATE_LIMITED", 429, "rate_limit_error"),
-        (S.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED", 429, "rate_limit_error"),
-        (S.RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE", 413, "invalid_request_error"),
-        (S.CANCELLED, "CANCELLED", 499, "api_error"),
-        (S.UNAVAILABLE, "ALL_BREAKERS_OPEN", 503, "api_error"),
-        (S.UNAVAILABLE, "ALL_ATTEMPTS_FAILED", 502, "api_error"),
-        (S.RESOURCE_EXHAUSTED, "ALL_ATTEMPTS_FAILED", 429, "rate_limit_error"),
-        (S.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", 504, "api_error"),
-        (S.INTERNAL, "UPSTREAM_ERROR", 502, "api_error"),
-        (S.UNKNOWN, "UNKNOWN", 502, "api_error"),
-        (S.UNIMPLEMENTED, "UNIMPLEMENTED", 501, "api_error"),
+        (S.INVALID_ARGUMENT, R.INVALID_REQUEST, 400, "invalid_request_error"),
+        (S.FAILED_PRECONDITION, R.NO_CAPABLE_DEPLOYMENT, 400, "invalid_request_error"),
+        (S.UNAUTHENTICATED, R.INVALID_API_KEY, 401, "authentication_error"),
+        (S.PERMISSION_DENIED, R.PERMISSION_DENIED, 403, "permission_error"),
+        (S.NOT_FOUND, R.MODEL_NOT_FOUND, 404, "invalid_request_error"),
+        (S.RESOURCE_EXHAUSTED, R.RATE_LIMITED, 429, "rate_limit_error"),
+        (S.RESOURCE_EXHAUSTED, R.QUOTA_EXCEEDED, 429, "rate_limit_error"),
+        (S.RESOURCE_EXHAUSTED, R.REQUEST_TOO_LARGE, 413, "invalid_request_error"),
+        (S.RESOURCE_EXHAUSTED, R.OVERLOADED, 503, "api_error"),
+        (S.RESOURCE_EXHAUSTED, R.ALL_COOLING_DOWN, 429, "rate_limit_error"),
+        (S.CANCELLED, R.CLIENT_CLOSED, 499, "api_error"),
+        (S.UNAVAILABLE, R.ALL_BREAKERS_OPEN, 503, "api_error"),
+        (S.UNAVAILABLE, R.ALL_ATTEMPTS_FAILED, 502, "api_error"),
+        (S.RESOURCE_EXHAUSTED, R.ALL_ATTEMPTS_FAILED, 429, "rate_limit_error"),
+        (S.UNAVAILABLE, R.UPSTREAM_INTERRUPTED, 502, "api_error"),
+        (S.DEADLINE_EXCEEDED, R.CALLER_DEADLINE, 504, "api_error"),
+        (S.INTERNAL, R.BACKEND_CRASHED, 502, "api_error"),
+        (S.UNKNOWN, R.UNSPECIFIED, 502, "api_error"),
+        (S.UNIMPLEMENTED, R.UNSPECIFIED, 501, "api_error"),
     ],
 )
 def test_grpc_code_maps_to_http_status_and_openai_type(
-    code: grpc.StatusCode, reason: str, status: int, err_type: str
+    code: grpc.StatusCode, reason: Reason, status: int, err_type: str
 ) -> None:
     err = http_error(MeshError(code, reason, "what happened"))
     assert err.status == status
@@ -44,30 +48,29 @@ def test_grpc_code_maps_to_http_status_and_openai_type(
         "message": "what happened",
         "type": err_type,
         "param": None,
-        "code": reason.lower(),
+        "code": reason.value.lower(),
     }
 
 
 def test_rate_limit_sends_retry_after_rounded_up_in_seconds_and_ms() -> None:
-    err = http_error(MeshError(S.RESOURCE_EXHAUSTED, "RATE_LIMITED", "slow down", retry_after=2.2))
+    err = http_error(MeshError.of(R.RATE_LIMITED, "slow down", retry_after=2.2))
     assert dict(err.headers) == {b"retry-after": b"3", b"retry-after-ms": b"2200"}
 
 
 def test_rate_limit_without_a_known_delay_still_says_retry_after() -> None:
-    err = http_error(MeshError(S.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED", "over quota"))
+    err = http_error(MeshError.of(R.QUOTA_EXCEEDED, "over quota"))
     assert dict(err.headers)[b"retry-after"] == b"1"
 
 
 def test_unavailable_carries_retry_after_only_when_known() -> None:
-    assert http_error(MeshError(S.UNAVAILABLE, "DRAINING", "x")).headers == ()
-    known = http_error(MeshError(S.UNAVAILABLE, "ALL_BREAKERS_OPEN", "x", retry_after=9.5))
+    assert http_error(MeshError.of(R.DRAINING, "x")).headers == ()
+    known = http_error(MeshError.of(R.ALL_BREAKERS_OPEN, "x", retry_after=9.5))
     assert dict(known.headers)[b"retry-after"] == b"10"
 
 
 def test_param_is_the_first_violation_in_openai_names() -> None:
-    err = MeshError(
-        S.INVALID_ARGUMENT,
-        "INVALID_REQUEST",
+    err = MeshError.of(
+        R.INVALID_REQUEST,
         "bad",
         field_violations=(
             FieldViolation("input.tools[0].parameters_json", "not an object"),

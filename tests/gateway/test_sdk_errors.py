@@ -200,13 +200,13 @@ S = grpc.StatusCode
     [
         (S.INVALID_ARGUMENT, "INVALID_REQUEST", openai.BadRequestError, 400),
         (S.UNAUTHENTICATED, "INVALID_API_KEY", openai.AuthenticationError, 401),
-        (S.PERMISSION_DENIED, "TENANT_FORBIDDEN", openai.PermissionDeniedError, 403),
+        (S.PERMISSION_DENIED, "PERMISSION_DENIED", openai.PermissionDeniedError, 403),
         (S.NOT_FOUND, "MODEL_NOT_FOUND", openai.NotFoundError, 404),
         (S.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED", openai.RateLimitError, 429),
         (S.RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE", openai.APIStatusError, 413),
-        (S.INTERNAL, "UPSTREAM_ERROR", openai.InternalServerError, 502),
+        (S.INTERNAL, "BACKEND_CRASHED", openai.InternalServerError, 502),
         (S.UNAVAILABLE, "DRAINING", openai.InternalServerError, 503),
-        (S.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", openai.InternalServerError, 504),
+        (S.DEADLINE_EXCEEDED, "CALLER_DEADLINE", openai.InternalServerError, 504),
     ],
 )
 async def test_each_mesh_error_reaches_the_sdk_as_its_exception_type(
@@ -247,7 +247,7 @@ async def test_readyz_is_503_when_every_breaker_is_open(make_edge, fake_api) -> 
 
 
 async def test_readyz_is_503_when_the_router_fails(make_edge, fake_api) -> None:
-    api = fake_api(error=MeshError(S.UNAVAILABLE, "UNREACHABLE", "down"))
+    api = fake_api(error=MeshError(S.UNAVAILABLE, "UNSPECIFIED", "down"))
     async with make_edge(api) as edge, edge.http() as http:
         response = await http.get("/readyz")
     assert response.status_code == 503
