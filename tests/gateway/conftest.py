@@ -168,7 +168,8 @@ async def wait_until(predicate: Callable[[], bool], within_s: float = 5.0) -> No
 
 class FakeChatAPI:
     """A ChatAPI that plays `events` (or `batches`; then raises `error`, if any), or raises
-    `error` at once when there are none. Records each CallContext and whether a stream was closed early."""
+    `error` at once when there are none. Records each CallContext and whether a stream was
+    closed early."""
 
     def __init__(
         self,
