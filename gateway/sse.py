@@ -3,8 +3,9 @@
 Each batch (the events one upstream read delivered) is written the moment it arrives, as
 one ASGI send of its frames; nothing is held back except usage, which OpenAI puts last.
 Response headers wait for the first batch, so a failure before it still gets its real HTTP
-status, and the overhead header can be measured to the first chunk. When the caller goes away the request task is cancelled, which closes
-the event iterator and with it the call to the upstream.
+status, and the overhead header can be measured to the first chunk. When the caller goes
+away the request task is cancelled, which closes the batch iterator and with it the call to
+the upstream.
 """
 
 from __future__ import annotations
