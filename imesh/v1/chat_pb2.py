@@ -24,43 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13imesh/v1/chat.proto\x12\x08imesh.v1\"\x8d\x03\n\tChatInput\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.imesh.v1.Message\x12\x1d\n\x05tools\x18\x03 \x03(\x0b\x32\x0e.imesh.v1.Tool\x12)\n\x0btool_choice\x18\x04 \x01(\x0b\x32\x14.imesh.v1.ToolChoice\x12\x31\n\x0fresponse_format\x18\x05 \x01(\x0b\x32\x18.imesh.v1.ResponseFormat\x12\x18\n\x0btemperature\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x08 \x01(\x05H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\t \x03(\t\x12\x11\n\x04seed\x18\n \x01(\x03H\x03\x88\x01\x01\x12\x0c\n\x04user\x18\x0b \x01(\t\x12\'\n\x07routing\x18\x0c \x01(\x0b\x32\x16.imesh.v1.RoutingHintsB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x07\n\x05_seed\"\xd3\x01\n\x0cRoutingHints\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x33\n\x15required_capabilities\x18\x02 \x03(\x0e\x32\x14.imesh.v1.Capability\x12\x1c\n\x0fmax_cost_micros\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12&\n\x07hedging\x18\x04 \x01(\x0e\x32\x15.imesh.v1.HedgingMode\x12$\n\x05\x63\x61\x63he\x18\x05 \x01(\x0e\x32\x15.imesh.v1.CachePolicyB\x12\n\x10_max_cost_micros\"\x9b\x01\n\x07Message\x12\x1c\n\x04role\x18\x01 \x01(\x0e\x32\x0e.imesh.v1.Role\x12&\n\x07\x63ontent\x18\x02 \x03(\x0b\x32\x15.imesh.v1.ContentPart\x12\x0c\n\x04name\x18\x03 \x01(\t\x12&\n\ntool_calls\x18\x04 \x03(\x0b\x32\x12.imesh.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x05 \x01(\t\"K\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12$\n\x05image\x18\x02 \x01(\x0b\x32\x13.imesh.v1.ImagePartH\x00\x42\x06\n\x04part\"?\n\tImagePart\x12\x0b\n\x03url\x18\x01 \x01(\t\x12%\n\x06\x64\x65tail\x18\x02 \x01(\x0e\x32\x15.imesh.v1.ImageDetail\"R\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"Y\n\nToolChoice\x12(\n\x04mode\x18\x01 \x01(\x0e\x32\x18.imesh.v1.ToolChoiceModeH\x00\x12\x17\n\rfunction_name\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice\"v\n\x0eResponseFormat\x12*\n\x04type\x18\x01 \x01(\x0e\x32\x1c.imesh.v1.ResponseFormatType\x12\x13\n\x0bschema_name\x18\x02 \x01(\t\x12\x13\n\x0bjson_schema\x18\x03 \x01(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08*V\n\x0bHedgingMode\x12\x1c\n\x18HEDGING_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fHEDGING_MODE_ON\x10\x01\x12\x14\n\x10HEDGING_MODE_OFF\x10\x02*t\n\x0b\x43\x61\x63hePolicy\x12\x1c\n\x18\x43\x41\x43HE_POLICY_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x41\x43HE_POLICY_USE\x10\x01\x12\x17\n\x13\x43\x41\x43HE_POLICY_BYPASS\x10\x02\x12\x18\n\x14\x43\x41\x43HE_POLICY_REFRESH\x10\x03*\x8b\x01\n\nCapability\x12\x1a\n\x16\x43\x41PABILITY_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x41PABILITY_TOOLS\x10\x01\x12\x15\n\x11\x43\x41PABILITY_VISION\x10\x02\x12\x1a\n\x16\x43\x41PABILITY_JSON_SCHEMA\x10\x03\x12\x18\n\x14\x43\x41PABILITY_STREAMING\x10\x04*s\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04\x12\x12\n\x0eROLE_DEVELOPER\x10\x05*o\n\x0bImageDetail\x12\x1c\n\x18IMAGE_DETAIL_UNSPECIFIED\x10\x00\x12\x15\n\x11IMAGE_DETAIL_AUTO\x10\x01\x12\x14\n\x10IMAGE_DETAIL_LOW\x10\x02\x12\x15\n\x11IMAGE_DETAIL_HIGH\x10\x03*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03*\xa5\x01\n\x12ResponseFormatType\x12$\n RESPONSE_FORMAT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RESPONSE_FORMAT_TYPE_TEXT\x10\x01\x12$\n RESPONSE_FORMAT_TYPE_JSON_OBJECT\x10\x02\x12$\n RESPONSE_FORMAT_TYPE_JSON_SCHEMA\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13imesh/v1/chat.proto\x12\x08imesh.v1\"\x8d\x03\n\tChatInput\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.imesh.v1.Message\x12\x1d\n\x05tools\x18\x03 \x03(\x0b\x32\x0e.imesh.v1.Tool\x12)\n\x0btool_choice\x18\x04 \x01(\x0b\x32\x14.imesh.v1.ToolChoice\x12\x31\n\x0fresponse_format\x18\x05 \x01(\x0b\x32\x18.imesh.v1.ResponseFormat\x12\x18\n\x0btemperature\x18\x06 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x07 \x01(\x02H\x01\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x08 \x01(\x05H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\t \x03(\t\x12\x11\n\x04seed\x18\n \x01(\x03H\x03\x88\x01\x01\x12\x0c\n\x04user\x18\x0b \x01(\t\x12\'\n\x07routing\x18\x0c \x01(\x0b\x32\x16.imesh.v1.RoutingHintsB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x07\n\x05_seed\"\xe9\x01\n\x0cRoutingHints\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x33\n\x15required_capabilities\x18\x02 \x03(\x0e\x32\x14.imesh.v1.Capability\x12\x1c\n\x0fmax_cost_micros\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12&\n\x07hedging\x18\x04 \x01(\x0e\x32\x15.imesh.v1.HedgingMode\x12$\n\x05\x63\x61\x63he\x18\x05 \x01(\x0e\x32\x15.imesh.v1.CachePolicy\x12\x14\n\x0c\x61\x66\x66inity_key\x18\x06 \x01(\tB\x12\n\x10_max_cost_micros\"\x9b\x01\n\x07Message\x12\x1c\n\x04role\x18\x01 \x01(\x0e\x32\x0e.imesh.v1.Role\x12&\n\x07\x63ontent\x18\x02 \x03(\x0b\x32\x15.imesh.v1.ContentPart\x12\x0c\n\x04name\x18\x03 \x01(\t\x12&\n\ntool_calls\x18\x04 \x03(\x0b\x32\x12.imesh.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x05 \x01(\t\"K\n\x0b\x43ontentPart\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12$\n\x05image\x18\x02 \x01(\x0b\x32\x13.imesh.v1.ImagePartH\x00\x42\x06\n\x04part\"?\n\tImagePart\x12\x0b\n\x03url\x18\x01 \x01(\t\x12%\n\x06\x64\x65tail\x18\x02 \x01(\x0e\x32\x15.imesh.v1.ImageDetail\"R\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"Y\n\nToolChoice\x12(\n\x04mode\x18\x01 \x01(\x0e\x32\x18.imesh.v1.ToolChoiceModeH\x00\x12\x17\n\rfunction_name\x18\x02 \x01(\tH\x00\x42\x08\n\x06\x63hoice\"v\n\x0eResponseFormat\x12*\n\x04type\x18\x01 \x01(\x0e\x32\x1c.imesh.v1.ResponseFormatType\x12\x13\n\x0bschema_name\x18\x02 \x01(\t\x12\x13\n\x0bjson_schema\x18\x03 \x01(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08*V\n\x0bHedgingMode\x12\x1c\n\x18HEDGING_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fHEDGING_MODE_ON\x10\x01\x12\x14\n\x10HEDGING_MODE_OFF\x10\x02*t\n\x0b\x43\x61\x63hePolicy\x12\x1c\n\x18\x43\x41\x43HE_POLICY_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x41\x43HE_POLICY_USE\x10\x01\x12\x17\n\x13\x43\x41\x43HE_POLICY_BYPASS\x10\x02\x12\x18\n\x14\x43\x41\x43HE_POLICY_REFRESH\x10\x03*\x8b\x01\n\nCapability\x12\x1a\n\x16\x43\x41PABILITY_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43\x41PABILITY_TOOLS\x10\x01\x12\x15\n\x11\x43\x41PABILITY_VISION\x10\x02\x12\x1a\n\x16\x43\x41PABILITY_JSON_SCHEMA\x10\x03\x12\x18\n\x14\x43\x41PABILITY_STREAMING\x10\x04*s\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04\x12\x12\n\x0eROLE_DEVELOPER\x10\x05*o\n\x0bImageDetail\x12\x1c\n\x18IMAGE_DETAIL_UNSPECIFIED\x10\x00\x12\x15\n\x11IMAGE_DETAIL_AUTO\x10\x01\x12\x14\n\x10IMAGE_DETAIL_LOW\x10\x02\x12\x15\n\x11IMAGE_DETAIL_HIGH\x10\x03*\x87\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03*\xa5\x01\n\x12ResponseFormatType\x12$\n RESPONSE_FORMAT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RESPONSE_FORMAT_TYPE_TEXT\x10\x01\x12$\n RESPONSE_FORMAT_TYPE_JSON_OBJECT\x10\x02\x12$\n RESPONSE_FORMAT_TYPE_JSON_SCHEMA\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imesh.v1.chat_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HEDGINGMODE']._serialized_start=1304
-  _globals['_HEDGINGMODE']._serialized_end=1390
-  _globals['_CACHEPOLICY']._serialized_start=1392
-  _globals['_CACHEPOLICY']._serialized_end=1508
-  _globals['_CAPABILITY']._serialized_start=1511
-  _globals['_CAPABILITY']._serialized_end=1650
-  _globals['_ROLE']._serialized_start=1652
-  _globals['_ROLE']._serialized_end=1767
-  _globals['_IMAGEDETAIL']._serialized_start=1769
-  _globals['_IMAGEDETAIL']._serialized_end=1880
-  _globals['_TOOLCHOICEMODE']._serialized_start=1883
-  _globals['_TOOLCHOICEMODE']._serialized_end=2018
-  _globals['_RESPONSEFORMATTYPE']._serialized_start=2021
-  _globals['_RESPONSEFORMATTYPE']._serialized_end=2186
+  _globals['_HEDGINGMODE']._serialized_start=1326
+  _globals['_HEDGINGMODE']._serialized_end=1412
+  _globals['_CACHEPOLICY']._serialized_start=1414
+  _globals['_CACHEPOLICY']._serialized_end=1530
+  _globals['_CAPABILITY']._serialized_start=1533
+  _globals['_CAPABILITY']._serialized_end=1672
+  _globals['_ROLE']._serialized_start=1674
+  _globals['_ROLE']._serialized_end=1789
+  _globals['_IMAGEDETAIL']._serialized_start=1791
+  _globals['_IMAGEDETAIL']._serialized_end=1902
+  _globals['_TOOLCHOICEMODE']._serialized_start=1905
+  _globals['_TOOLCHOICEMODE']._serialized_end=2040
+  _globals['_RESPONSEFORMATTYPE']._serialized_start=2043
+  _globals['_RESPONSEFORMATTYPE']._serialized_end=2208
   _globals['_CHATINPUT']._serialized_start=34
   _globals['_CHATINPUT']._serialized_end=431
   _globals['_ROUTINGHINTS']._serialized_start=434
-  _globals['_ROUTINGHINTS']._serialized_end=645
-  _globals['_MESSAGE']._serialized_start=648
-  _globals['_MESSAGE']._serialized_end=803
-  _globals['_CONTENTPART']._serialized_start=805
-  _globals['_CONTENTPART']._serialized_end=880
-  _globals['_IMAGEPART']._serialized_start=882
-  _globals['_IMAGEPART']._serialized_end=945
-  _globals['_TOOL']._serialized_start=947
-  _globals['_TOOL']._serialized_end=1029
-  _globals['_TOOLCALL']._serialized_start=1031
-  _globals['_TOOLCALL']._serialized_end=1091
-  _globals['_TOOLCHOICE']._serialized_start=1093
-  _globals['_TOOLCHOICE']._serialized_end=1182
-  _globals['_RESPONSEFORMAT']._serialized_start=1184
-  _globals['_RESPONSEFORMAT']._serialized_end=1302
+  _globals['_ROUTINGHINTS']._serialized_end=667
+  _globals['_MESSAGE']._serialized_start=670
+  _globals['_MESSAGE']._serialized_end=825
+  _globals['_CONTENTPART']._serialized_start=827
+  _globals['_CONTENTPART']._serialized_end=902
+  _globals['_IMAGEPART']._serialized_start=904
+  _globals['_IMAGEPART']._serialized_end=967
+  _globals['_TOOL']._serialized_start=969
+  _globals['_TOOL']._serialized_end=1051
+  _globals['_TOOLCALL']._serialized_start=1053
+  _globals['_TOOLCALL']._serialized_end=1113
+  _globals['_TOOLCHOICE']._serialized_start=1115
+  _globals['_TOOLCHOICE']._serialized_end=1204
+  _globals['_RESPONSEFORMAT']._serialized_start=1206
+  _globals['_RESPONSEFORMAT']._serialized_end=1324
 # @@protoc_insertion_point(module_scope)

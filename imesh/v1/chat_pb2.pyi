@@ -253,12 +253,18 @@ class RoutingHints(_message.Message):
     MAX_COST_MICROS_FIELD_NUMBER: _builtins.int
     HEDGING_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
+    AFFINITY_KEY_FIELD_NUMBER: _builtins.int
     policy: _builtins.str
     """Overrides the alias's ranking policy (for example "lowest_cost")."""
     max_cost_micros: _builtins.int
     """Refuse deployments whose estimated cost exceeds this, in micro-dollars."""
     hedging: Global___HedgingMode.ValueType
     cache: Global___CachePolicy.ValueType
+    affinity_key: _builtins.str
+    """Requests with the same key (a conversation id, say) go to the same GPU pool
+    replica while its load allows, so they reuse its prefix cache. Empty: the
+    prompt's prefix is the key.
+    """
     @_builtins.property
     def required_capabilities(self) -> _containers.RepeatedScalarFieldContainer[Global___Capability.ValueType]: ...
     def __init__(
@@ -269,10 +275,11 @@ class RoutingHints(_message.Message):
         max_cost_micros: _builtins.int | None = ...,
         hedging: Global___HedgingMode.ValueType = ...,
         cache: Global___CachePolicy.ValueType = ...,
+        affinity_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cost_micros", b"_max_cost_micros", "max_cost_micros", b"max_cost_micros"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_micros", b"_max_cost_micros", "cache", b"cache", "hedging", b"hedging", "max_cost_micros", b"max_cost_micros", "policy", b"policy", "required_capabilities", b"required_capabilities"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cost_micros", b"_max_cost_micros", "affinity_key", b"affinity_key", "cache", b"cache", "hedging", b"hedging", "max_cost_micros", b"max_cost_micros", "policy", b"policy", "required_capabilities", b"required_capabilities"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_cost_micros: _TypeAlias = _typing.Literal["max_cost_micros"]  # noqa: Y015
     _WhichOneofArgType__max_cost_micros: _TypeAlias = _typing.Literal["_max_cost_micros", b"_max_cost_micros"]  # noqa: Y015
