@@ -436,12 +436,12 @@ class _FrozenMap(dict[str, str]):
     def _refuse(self, *_: Any, **__: Any) -> None:
         raise TypeError("MeshError metadata is read-only")
 
-    __setitem__ = _refuse  # type: ignore[assignment]
-    __delitem__ = _refuse  # type: ignore[assignment]
-    update = _refuse  # type: ignore[assignment]
+    __setitem__ = _refuse
+    __delitem__ = _refuse
+    update = _refuse
     pop = _refuse  # type: ignore[assignment]
     popitem = _refuse  # type: ignore[assignment]
-    clear = _refuse  # type: ignore[assignment]
+    clear = _refuse
     setdefault = _refuse  # type: ignore[assignment]
 
 
