@@ -107,19 +107,32 @@ async def _relay(
         return
     ex.waited_s += time.perf_counter() - waited
 
-    body = encoder.frames(first) if first is not None else b""
     ex.started = True
     await send({"type": "http.response.start", "status": 200, "headers": ex.headers(SSE_HEADERS)})
-    await send({"type": "http.response.body", "body": body, "more_body": True})
+    # The batch that completes the stream is held only until the iterator ends (at once),
+    # so it leaves in one write with the closing frames.
+    held = b""
+    if first is not None:
+        body = encoder.frames(first)
+        if _completes(first):
+            held = body
+        else:
+            await send({"type": "http.response.body", "body": body, "more_body": True})
     try:
         async for batch in batches:
             frames = encoder.frames(batch)
-            if frames:
+            if _completes(batch):
+                held += frames
+            elif frames:
                 await send({"type": "http.response.body", "body": frames, "more_body": True})
     except Exception as exc:  # after the start: the SSE error frame is the only way to say it
         log_unexpected(exc)
-        tail = encoder.error(as_mesh_error(exc))
+        tail = held + encoder.error(as_mesh_error(exc))
     else:
-        tail = encoder.tail() if not encoder.errored else b""
+        tail = held + (encoder.tail() if not encoder.errored else b"")
     watch.stop()
     await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+def _completes(batch: Sequence[events_pb2.ChatEvent]) -> bool:
+    return bool(batch) and batch[-1].WhichOneof("event") == "finish"
