@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -13,7 +14,8 @@ class Strict(BaseModel):
 
 
 class SecretRef(Strict):
-    """A secret given by reference: `env:NAME`. The value is read at start, never logged."""
+    """A secret given by reference: `env:NAME` (a variable) or `file:PATH` (a mounted
+    Secret's file; surrounding whitespace is dropped). Read at start, never logged."""
 
     ref: str
 
@@ -28,8 +30,10 @@ class SecretRef(Strict):
     @classmethod
     def _must_be_reference(cls, ref: str) -> str:
         scheme, _, name = ref.partition(":")
-        if scheme != "env" or not name:
-            raise ValueError("secrets are given by reference, as 'env:NAME', never inline")
+        if scheme not in ("env", "file") or not name:
+            raise ValueError(
+                "secrets are given by reference, as 'env:NAME' or 'file:PATH', never inline"
+            )
         return ref
 
     @property
@@ -37,11 +41,21 @@ class SecretRef(Strict):
         return self.ref.partition(":")[2]
 
     def resolve(self) -> str:
-        """The secret's value; raises KeyError naming the variable when it is unset."""
-        value = os.environ.get(self.env_name)
-        if not value:
-            raise KeyError(f"environment variable {self.env_name} is not set")
-        return value
+        """The secret's value; raises KeyError naming the variable or file when it is unset,
+        unreadable or empty."""
+        scheme, _, name = self.ref.partition(":")
+        if scheme == "file":
+            try:
+                value = Path(name).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise KeyError(f"secret file {name} cannot be read: {exc}") from None
+            if not value:
+                raise KeyError(f"secret file {name} is empty")
+            return value
+        from_env = os.environ.get(name)
+        if not from_env:
+            raise KeyError(f"environment variable {name} is not set")
+        return from_env
 
     def __repr__(self) -> str:
         return f"SecretRef({self.ref!r})"
@@ -60,6 +74,41 @@ class HttpTimeouts(Strict):
         if self.first_byte > self.read:
             raise ValueError("first_byte must not exceed read")
         return self
+
+
+class ServerTLS(Strict):
+    """TLS of a gRPC server: its certificate chain and private key (PEM files). With
+    `client_ca`, mutual TLS: a client must present a certificate that CA signed."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+class ClientTLS(Strict):
+    """TLS of a channel: `ca` verifies the server's certificate; `cert` and `key` (both or
+    neither) are the client's own, for a server that requires mutual TLS."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+    # The name checked against the server's certificate when it differs from the address.
+    server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> ClientTLS:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together: give both or neither")
+        return self
+
+
+class AdapterServiceSettings(Strict):
+    """How `imesh adapter` lets routers in: every call must carry one of `tokens` (several
+    while a token is rotated); `tls` encrypts the hop and, with a client CA, checks the
+    router's certificate too."""
+
+    tokens: list[SecretRef] = Field(min_length=1)
+    tls: ServerTLS | None = None
 
 
 class SimulatedConfig(Strict):
@@ -88,6 +137,10 @@ class RemoteConfig(Strict):
     address: str
     # Channels to spread calls over (PERF-NOTES: bound concurrency per channel).
     channels: int = Field(2, ge=1, le=64)
+    # The service token the adapter requires (adapter_service.tokens on its side).
+    token: SecretRef
+    # None: plaintext (loopback, or a network that encrypts for you).
+    tls: ClientTLS | None = None
 
 
 class OpenAIConfig(Strict):

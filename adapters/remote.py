@@ -10,6 +10,7 @@ import grpc
 
 from adapters.backend import Backend
 from adapters.config import RemoteConfig
+from adapters.hop_auth import ClientSecurity
 from imesh.errors import MeshError
 from imesh.v1 import adapter_service_pb2, adapter_service_pb2_grpc, events_pb2
 
@@ -21,12 +22,15 @@ class RemoteBackend(Backend):
     """Spreads calls round-robin over `config.channels` channels to one adapter service.
 
     Errors keep their code, reason and retry_after across the hop; an adapter that cannot
-    be reached is UNAVAILABLE "ADAPTER_UNAVAILABLE". Closing the iterator cancels the call.
-    Channels are opened lazily, inside the event loop that uses them.
+    be reached is UNAVAILABLE "ADAPTER_UNAVAILABLE", one that refuses the service token
+    UNAUTHENTICATED "ADAPTER_UNAUTHENTICATED". Closing the iterator cancels the call.
+    The token and TLS files are read when this is built (a missing one fails start-up);
+    channels are opened lazily, inside the event loop that uses them.
     """
 
     def __init__(self, config: RemoteConfig) -> None:
         self._config = config
+        self._security = ClientSecurity.from_config(config.tls, config.token)
         self._stubs: list[adapter_service_pb2_grpc.AdapterServiceAsyncStub] = []
         self._channels: list[grpc.aio.Channel] = []
         self._next = itertools.count()
@@ -34,7 +38,7 @@ class RemoteBackend(Backend):
     def _stub(self) -> adapter_service_pb2_grpc.AdapterServiceAsyncStub:
         if not self._stubs:
             for _ in range(self._config.channels):
-                channel = grpc.aio.insecure_channel(self._config.address, options=_CHANNEL_OPTIONS)
+                channel = self._security.channel(self._config.address, _CHANNEL_OPTIONS)
                 self._channels.append(channel)
                 self._stubs.append(adapter_service_pb2_grpc.AdapterServiceStub(channel))
         return self._stubs[next(self._next) % len(self._stubs)]
@@ -51,7 +55,7 @@ class RemoteBackend(Backend):
                     "DEADLINE_EXCEEDED",
                     "deadline passed before the adapter call",
                 )
-        call = self._stub().Generate(request, timeout=timeout)
+        call = self._stub().Generate(request, timeout=timeout, metadata=self._security.metadata)
         last_usage: events_pb2.Usage | None = None
         try:
             async for response in call:

@@ -14,8 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from adapters.backend import Backend
-from adapters.http_errors import truncate_utf8
 from adapters.coalesce import coalesce
+from adapters.hop_auth import ServerSecurity
+from adapters.http_errors import truncate_utf8
 from imesh.errors import MeshError
 from imesh.v1 import adapter_service_pb2, adapter_service_pb2_grpc
 
@@ -68,28 +69,50 @@ def _as_mesh_error(exc: BaseException) -> MeshError:
 
 
 class AdapterServer:
-    """A running adapter server: `.port`, `await stop(grace)`."""
+    """A running adapter server: `.port` (and `.health_port`), `await stop(grace)`."""
 
     def __init__(
-        self, server: grpc.aio.Server, port: int, health_servicer: health_aio.HealthServicer
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        health_servicer: health_aio.HealthServicer,
+        health_server: grpc.aio.Server | None = None,
+        health_port: int | None = None,
     ) -> None:
         self._server = server
         self.port = port
         self._health = health_servicer
+        self._health_server = health_server
+        self.health_port = health_port
 
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight streams finish for `grace` s, then cancel them."""
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(None)
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()
 
 
-async def start_adapter_server(backend: Backend, listen: str) -> AdapterServer:
-    """Serve `backend` as an AdapterService on `listen` ("host:port"; port 0 picks one)."""
+async def start_adapter_server(
+    backend: Backend,
+    listen: str,
+    security: ServerSecurity,
+    *,
+    health_listen: str | None = None,
+) -> AdapterServer:
+    """Serve `backend` as an AdapterService on `listen` ("host:port"; port 0 picks one),
+    letting in only the calls `security` admits (adapters.hop_auth).
+
+    `health_listen`: also serve grpc.health.v1 alone, in plaintext, on that address, for
+    probes that cannot speak TLS (kubelet's gRPC probe).
+    """
     # No SO_REUSEPORT: a second server on a busy port must fail, not share it silently.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(
+        interceptors=security.interceptors, options=[("grpc.so_reuseport", 0)]
+    )
     adapter_service_pb2_grpc.add_AdapterServiceServicer_to_server(AdapterServicer(backend), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -101,10 +124,16 @@ async def start_adapter_server(backend: Backend, listen: str) -> AdapterServer:
         ],
         server,
     )
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {listen}")
+    port = security.add_port(server, listen)
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
+    if health_listen is not None:
+        health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_port = ServerSecurity().add_port(health_server, health_listen)
     await server.start()
+    if health_server is not None:
+        await health_server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return AdapterServer(server, port, health_servicer)
+    return AdapterServer(server, port, health_servicer, health_server, health_port)

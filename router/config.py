@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from adapters.config import ProviderConfig
+from adapters.config import AdapterServiceSettings, ProviderConfig, ServerTLS
 
 Capability = Literal["tools", "vision", "json_schema", "streaming"]
 PolicyName = Literal[
@@ -132,6 +132,9 @@ class RouterSettings(Strict):
     # are "sha256:HEX" of the key (keys are never stored in clear; compared in constant
     # time). Empty: any key is accepted (tenancy proper comes later).
     api_key_hashes: list[Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]] = []
+    # TLS for callers (mutual TLS with `client_ca`); None: plaintext, for a router that
+    # listens on loopback beside its caller.
+    tls: ServerTLS | None = None
 
 
 class GatewaySettings(Strict):
@@ -145,6 +148,8 @@ class MeshConfig(Strict):
     aliases: dict[str, Alias] = {}
     router: RouterSettings = RouterSettings()
     gateway: GatewaySettings = GatewaySettings()
+    # Read by `imesh adapter`, which refuses to start without it.
+    adapter_service: AdapterServiceSettings | None = None
 
     @model_validator(mode="after")
     def _references_resolve(self) -> MeshConfig:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from router.cli._common import describe, fail, load_config_or_exit, run, shown_address, stop_signal
+
+if TYPE_CHECKING:
+    from adapters.config import AdapterServiceSettings
 
 EPILOG = """\
 examples:
   imesh adapter openai-main --config mesh.yaml --listen 127.0.0.1:7001
-  imesh adapter sim-fast --config router/default_config.yaml --listen 127.0.0.1:0
-the router reaches it through a provider of kind "remote" with address: HOST:PORT.
+  imesh adapter openai --config mesh.yaml --listen 10.0.0.7:50061 --health-listen 0.0.0.0:50062
+the config's adapter_service section names the service tokens routers must present (and
+TLS); the router reaches the adapter through a provider of kind "remote" with
+address: HOST:PORT and the same token.
 """
 # Seconds in-flight streams get to finish on SIGTERM before they are cancelled.
 DRAIN_S = 10.0
@@ -34,6 +40,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument(
         "--listen", metavar="ADDR", required=True, help="gRPC address, e.g. 127.0.0.1:7001"
     )
+    parser.add_argument(
+        "--health-listen",
+        metavar="ADDR",
+        help="also serve grpc.health.v1 alone, in plaintext, here (for probes without TLS)",
+    )
     parser.set_defaults(func=run_adapter)
 
 
@@ -47,21 +58,37 @@ def run_adapter(args: argparse.Namespace) -> int:
         fail(f"providers.{args.name}: no such provider in {args.config} (known: {known})", 2)
     if isinstance(provider, RemoteConfig):
         fail(f"providers.{args.name}: kind remote is served elsewhere; nothing to serve", 2)
-    return run(_serve(args.name, provider, args.listen))
+    if config.adapter_service is None:
+        fail(
+            f"adapter_service: {args.config} names no service tokens; an adapter serves only "
+            "routers that present one (adapter_service: {tokens: [env:NAME]})",
+            2,
+        )
+    return run(_serve(args, provider, config.adapter_service))
 
 
-async def _serve(name: str, provider: object, listen: str) -> int:
+async def _serve(
+    args: argparse.Namespace, provider: object, settings: AdapterServiceSettings
+) -> int:
+    from adapters.hop_auth import ServerSecurity
     from adapters.factory import build_backend
     from adapters.service import start_adapter_server
 
+    name, listen = args.name, args.listen
     stopped = stop_signal()
+    try:
+        security = ServerSecurity.for_adapter(settings)
+    except KeyError as exc:  # a token or TLS file is missing: names it, never its value
+        fail(f"adapter_service: {exc.args[0]}", 2)
     try:
         backend = build_backend(provider)  # type: ignore[arg-type]  # checked by run_adapter
     except KeyError as exc:  # a secret's variable is unset: names it, never its value
         fail(f"providers.{name}: {exc.args[0]}", 2)
     try:
         try:
-            server = await start_adapter_server(backend, listen)
+            server = await start_adapter_server(
+                backend, listen, security, health_listen=args.health_listen
+            )
         except (OSError, RuntimeError) as exc:
             fail(f"error: adapter cannot listen on {listen}: {exc}")
         print(f"adapter {name} gRPC on {shown_address(listen, server.port)}", flush=True)

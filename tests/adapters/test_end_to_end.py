@@ -32,6 +32,7 @@ from tests.adapters.fakes.helpers import (
     usages,
 )
 from tests.adapters.fakes.server import FakeProvider, Reply, running_fake
+from tests.support.hop import adapter_security, service_token
 
 WEATHER_TOOL: Any = {
     "type": "function",
@@ -226,8 +227,9 @@ async def test_anthropic_adapter_served_over_grpc_behaves_like_in_process(
             }
         )
     )
-    server = await start_adapter_server(backend, "127.0.0.1:0")
-    remote = RemoteBackend(RemoteConfig(kind="remote", address=f"127.0.0.1:{server.port}"))
+    server = await start_adapter_server(backend, "127.0.0.1:0", adapter_security())
+    address = f"127.0.0.1:{server.port}"
+    remote = RemoteBackend(RemoteConfig(kind="remote", address=address, token=service_token()))
     try:
         events, error = await collect(remote, generate())
         _, limited = await collect(remote, generate())

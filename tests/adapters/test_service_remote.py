@@ -22,6 +22,7 @@ from adapters.service import AdapterServer, start_adapter_server
 from adapters.simulated import SimulatedBackend
 from imesh.errors import MeshError
 from imesh.v1 import adapter_service_pb2, adapter_service_pb2_grpc, chat_pb2, events_pb2
+from tests.support.hop import TOKEN_METADATA, adapter_security, service_token
 
 
 def sim_config(**overrides: Any) -> SimulatedConfig:
@@ -52,8 +53,9 @@ class Served:
 
 
 async def serve(backend: Backend) -> Served:
-    server = await start_adapter_server(backend, "127.0.0.1:0")
-    remote = RemoteBackend(RemoteConfig(kind="remote", address=f"127.0.0.1:{server.port}"))
+    server = await start_adapter_server(backend, "127.0.0.1:0", adapter_security())
+    address = f"127.0.0.1:{server.port}"
+    remote = RemoteBackend(RemoteConfig(kind="remote", address=address, token=service_token()))
     return Served(backend, server, remote)
 
 
@@ -209,7 +211,8 @@ async def test_caller_deadline_reaches_the_served_backend() -> None:
 
 
 async def test_unreachable_adapter_is_unavailable() -> None:
-    remote = RemoteBackend(RemoteConfig(kind="remote", address=f"127.0.0.1:{free_port()}"))
+    address = f"127.0.0.1:{free_port()}"
+    remote = RemoteBackend(RemoteConfig(kind="remote", address=address, token=service_token()))
     try:
         events, err = await collect(remote, request(), deadline=time.monotonic() + 5)
     finally:
@@ -225,7 +228,7 @@ async def test_ready_events_are_coalesced_into_fewer_messages(sim_served: Served
     try:
         async with grpc.aio.insecure_channel(served.address) as channel:
             stub = adapter_service_pb2_grpc.AdapterServiceStub(channel)
-            responses = [r async for r in stub.Generate(request())]
+            responses = [r async for r in stub.Generate(request(), metadata=TOKEN_METADATA)]
     finally:
         await stop(served)
     events = sum(len(r.events) for r in responses)
@@ -239,7 +242,7 @@ async def test_first_event_is_sent_without_waiting_for_the_next() -> None:
     try:
         async with grpc.aio.insecure_channel(served.address) as channel:
             stub = adapter_service_pb2_grpc.AdapterServiceStub(channel)
-            call = stub.Generate(request())
+            call = stub.Generate(request(), metadata=TOKEN_METADATA)
             start = time.monotonic()
             first = await anext(aiter(call))
             waited = time.monotonic() - start
@@ -276,7 +279,7 @@ async def test_server_reports_serving_and_offers_reflection(sim_served: Served) 
         reply = await health.Check(health_pb2.HealthCheckRequest(service="imesh.v1.AdapterService"))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        call = stub.ServerReflectionInfo()
+        call = stub.ServerReflectionInfo(metadata=TOKEN_METADATA)
         await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
         answer = await call.read()
         await call.done_writing()
@@ -285,7 +288,9 @@ async def test_server_reports_serving_and_offers_reflection(sim_served: Served) 
 
 
 async def test_channels_are_spread_round_robin(sim_served: Served) -> None:
-    remote = RemoteBackend(RemoteConfig(kind="remote", address=sim_served.address, channels=3))
+    remote = RemoteBackend(
+        RemoteConfig(kind="remote", address=sim_served.address, channels=3, token=service_token())
+    )
     try:
         for _ in range(4):
             _, err = await collect(remote, request())

@@ -20,8 +20,9 @@ import yaml
 
 from adapters.config import RemoteConfig
 from adapters.remote import RemoteBackend
-from router.cli.main import main
 from imesh.v1 import adapter_service_pb2, chat_pb2
+from router.cli.main import main
+from tests.support.hop import TOKEN_ENV, service_token
 
 IMESH = [sys.executable, "-m", "router.cli.main"]
 CONFIG = {
@@ -41,6 +42,7 @@ CONFIG = {
     ],
     "aliases": {"quick": {"candidates": ["fast-1"]}},
     "router": {"drain_s": 2},
+    "adapter_service": {"tokens": [f"env:{TOKEN_ENV}"]},
 }
 SUBCOMMANDS = ["up", "router", "adapter", "gateway", "chat", "models"]
 
@@ -237,6 +239,7 @@ def test_router_drains_on_sigterm_and_exits_0(config_file: Path) -> None:
 
 
 def test_adapter_serves_a_provider_that_a_remote_backend_reaches(config_file: Path) -> None:
+    service_token()  # sets the variable the config's adapter_service names, for the child
     proc = Proc("adapter", "fast", "--config", str(config_file), "--listen", "127.0.0.1:0")
     try:
         line = proc.expect_line("adapter fast gRPC on ")
@@ -253,7 +256,8 @@ def _remote_text(address: str) -> str:
     import asyncio
 
     async def call() -> str:
-        backend = RemoteBackend(RemoteConfig(kind="remote", address=address))
+        config = RemoteConfig(kind="remote", address=address, token=service_token())
+        backend = RemoteBackend(config)
         request = adapter_service_pb2.GenerateRequest(
             input=chat_pb2.ChatInput(
                 model="m",
