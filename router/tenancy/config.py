@@ -58,7 +58,13 @@ class TenantConfig(Strict):
 
 
 class UsageSettings(Strict):
-    stream: str = "imesh:usage:events"
+    @property
+    def stream(self) -> str:
+        return self.namespace + "events"
+
+    # Prefix of every usage key: the stream (`<namespace>events`), the rollups, the
+    # idempotency keys. Its hash tag keeps them in one slot (the rollup script needs it).
+    namespace: str = Field("imesh:{usage}:", pattern=r"^[^{}]*\{[^{}]+\}[^{}]*$")
     # Approximate cap on the stream's length (XADD MAXLEN ~); the rollup is the record.
     stream_maxlen: int = Field(1_000_000, ge=1000)
     # Events held in memory while Redis is unreachable; beyond it they spill to disk.

@@ -165,7 +165,7 @@ class RedisLimiter:
             f"{t}:resv-exp",
         ]
         grant_id = uuid.uuid4().hex
-        args = [
+        args: list[str | int] = [
             int(now * 1000),
             grant_id,
             reservation.tokens,
@@ -189,7 +189,7 @@ class RedisLimiter:
         return Grant(grant_id, reservation, figures, local=False, keys=tuple(keys))
 
     async def settle(self, grant: Grant, tokens: int, cost_micros: int) -> None:
-        rpm, tpm, day, month, resv, expiries = grant.keys
+        _, tpm, day, month, resv, expiries = grant.keys
         with unreachable_as_store_error():
             await self._settle(
                 keys=[tpm, day, month, resv, expiries],

@@ -82,14 +82,19 @@ class LocalLimiter:
         )
         tokens, cost = reservation.tokens, reservation.cost_micros
         p = state.periods
+        to_day, to_month = day_end / 1000 - now, month_end / 1000 - now
         checks: list[tuple[int, bool, float]] = [
-            (1, rpm is not None and requests + 1 > rpm, state.requests.wait_s(now, 1, rpm or 0)),
-            (2, tpm is not None and spent + tokens > tpm, state.tokens.wait_s(now, tokens, tpm or 0)),
-            (3, _over(p[f"day:{day}", "tokens"] + tokens, limits.tokens_per_day), day_end / 1000 - now),
-            (4, _over(p[f"month:{month}", "tokens"] + tokens, limits.tokens_per_month), month_end / 1000 - now),
-            (5, _over(p[f"day:{day}", "cost"] + cost, limits.budget_per_day_micros), day_end / 1000 - now),
-            (6, _over(p[f"month:{month}", "cost"] + cost, limits.budget_per_month_micros), month_end / 1000 - now),
-        ]  # fmt: skip
+            (1, _over(requests + 1, rpm), state.requests.wait_s(now, 1, rpm or 0)),
+            (2, _over(spent + tokens, tpm), state.tokens.wait_s(now, tokens, tpm or 0)),
+            (3, _over(p[f"day:{day}", "tokens"] + tokens, limits.tokens_per_day), to_day),
+            (4, _over(p[f"month:{month}", "tokens"] + tokens, limits.tokens_per_month), to_month),
+            (5, _over(p[f"day:{day}", "cost"] + cost, limits.budget_per_day_micros), to_day),
+            (
+                6,
+                _over(p[f"month:{month}", "cost"] + cost, limits.budget_per_month_micros),
+                to_month,
+            ),
+        ]
         for verdict, over, retry_s in checks:
             if over:
                 raise refusal(verdict, reservation.tenant, retry_s, figures)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import redis.asyncio as aioredis
 
 from router.tenancy.keys import KeyRecord
@@ -23,11 +25,11 @@ class RedisKeyStore:
 
     async def get(self, key_id: str) -> KeyRecord | None:
         with unreachable_as_store_error():
-            fields = await self._redis.hgetall(_record_key(key_id))
+            fields = cast(dict[bytes, bytes], await self._redis.hgetall(_record_key(key_id)))
         return _decode(key_id, fields) if fields else None
 
     async def put(self, record: KeyRecord) -> None:
-        mapping = {
+        mapping: dict[Any, Any] = {
             "tenant": record.tenant,
             "digest": record.digest,
             "created_at": repr(record.created_at),
@@ -42,7 +44,8 @@ class RedisKeyStore:
 
     async def list(self, *, tenant: str | None = None, prefix: str = "") -> list[KeyRecord]:
         with unreachable_as_store_error():
-            ids = [i.decode() for i in await self._redis.zrange(_INDEX, 0, -1)]
+            members = cast(list[bytes], await self._redis.zrange(_INDEX, 0, -1))
+            ids = [i.decode() for i in members]
             ids = [i for i in ids if f"imk_{i}".startswith(prefix)]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key_id in ids:

@@ -13,7 +13,7 @@ from router.tenancy.config import TenantConfig
 from router.tenancy.keys import KeyHasher, key_id_of
 from router.tenancy.store_memory import MemoryKeyStore
 from router.tenancy.store_redis import RedisKeyStore
-from tests.router.tenancy.conftest import Clock
+from tests.router.tenancy.support import Clock
 
 SECRET = b"test-secret-0123456789abcdef"
 TENANTS = {"team-a": TenantConfig(models=frozenset({"fast"})), "team-b": TenantConfig()}
@@ -25,7 +25,9 @@ def test_issued_key_carries_its_id_and_matches_only_itself() -> None:
     assert key_id_of(issued.raw) == issued.record.key_id
     assert issued.record.prefix == f"imk_{issued.record.key_id}"
     assert hasher.matches(issued.raw, issued.record)
-    assert not hasher.matches(issued.raw[:-1] + ("A" if issued.raw[-1] != "A" else "B"), issued.record)
+    assert not hasher.matches(
+        issued.raw[:-1] + ("A" if issued.raw[-1] != "A" else "B"), issued.record
+    )
     assert not KeyHasher(b"another-secret-0123456789").matches(issued.raw, issued.record)
     assert issued.raw not in repr(issued)
 
@@ -111,6 +113,8 @@ async def test_store_listing_filters_by_prefix_and_tenant(redis_client: aioredis
         listed = await store.list(tenant="team-a")
         assert [r.key_id for r in listed] == [a1.record.key_id, a2.record.key_id]
         assert [r.key_id for r in await store.list(prefix=b1.record.prefix[:10])] == [
-            r.record.key_id for r in (a1, a2, b1) if r.record.prefix.startswith(b1.record.prefix[:10])
+            r.record.key_id
+            for r in (a1, a2, b1)
+            if r.record.prefix.startswith(b1.record.prefix[:10])
         ]
         assert await store.get(b1.record.key_id) == b1.record

@@ -1,0 +1,135 @@
+"""The usage aggregator: reads the usage stream as a consumer group and rolls events up per
+tenant x model x day, exactly once (idempotency keys; roll-up and ack in one script)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import uuid
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+
+from router.tenancy.redis_util import UNREACHABLE, lua
+from router.tenancy.usage_event import UsageEvent
+
+log = logging.getLogger(__name__)
+
+GROUP = "imesh-aggregator"
+
+
+class UsageAggregator:
+    """Lifecycle: build, then `run()` as a task until cancelled (or call `step()` by hand).
+    Restartable: a new aggregator picks up what a crashed one read but never acknowledged
+    (its own pending entries, and other consumers' entries idle for `claim_idle_s`).
+    Several may run at once (one per router): the group gives each event to one of them.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        namespace: str,
+        dedupe_ttl_s: int,
+        consumer: str | None = None,
+        batch: int = 256,
+        block_s: float = 1.0,
+        claim_idle_s: float = 30.0,
+    ) -> None:
+        self._redis = client
+        self._namespace = namespace
+        self._stream = namespace + "events"
+        self._ttl = dedupe_ttl_s
+        self.consumer = consumer or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self._batch = batch
+        self._block_ms = int(block_s * 1000)
+        self._claim_idle_ms = int(claim_idle_s * 1000)
+        self._rollup = client.register_script(lua("rollup.lua"))
+        self._group_ready = False
+        self.counted = 0
+
+    async def step(self, *, block: bool = False) -> int:
+        """Roll up one batch: this consumer's pending entries first, then entries idle at a
+        crashed consumer, then new ones. Returns how many entries were processed."""
+        await self._ensure_group()
+        entries = await self._read("0")
+        if not entries:
+            entries = await self._claim()
+        if not entries:
+            entries = await self._read(">", block=block)
+        if entries:
+            await self._apply(entries)
+        return len(entries)
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self.step(block=True)
+                backoff = 0.1
+            except UNREACHABLE as exc:
+                log.warning("usage aggregator: Redis unreachable (%s); retrying", exc)
+                self._group_ready = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            # From the stream's start: events written before any aggregator ran count too.
+            await self._redis.xgroup_create(self._stream, GROUP, id="0", mkstream=True)
+        except redis_errors.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def _read(
+        self, start: str, *, block: bool = False
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        reply: Any = await self._redis.xreadgroup(  # RESP2: [[stream, entries]]
+            GROUP,
+            self.consumer,
+            {self._stream: start},
+            count=self._batch,
+            block=self._block_ms if block else None,
+        )
+        if not reply:
+            return []
+        return cast(list[tuple[bytes, dict[bytes, bytes]]], reply[0][1])
+
+    async def _claim(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        reply = await self._redis.xautoclaim(
+            self._stream, GROUP, self.consumer, self._claim_idle_ms, "0-0", count=self._batch
+        )
+        return cast(list[tuple[bytes, dict[bytes, bytes]]], reply[1])
+
+    async def _apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        args: list[str | bytes | int] = [GROUP, self._ttl, self._namespace]
+        unreadable: list[bytes] = []
+        for entry_id, fields in entries:
+            try:
+                event = UsageEvent.from_fields(fields or {})  # a trimmed entry has none
+            except (KeyError, ValueError):
+                unreadable.append(entry_id)
+                continue
+            args += [
+                entry_id,
+                event.idempotency_key,
+                event.tenant,
+                event.day,
+                event.model,
+                event.prompt_tokens,
+                event.completion_tokens,
+                event.cached_tokens,
+                event.cost_micros,
+                int(event.failed),
+                event.latency_ms,
+            ]
+        if unreadable:
+            log.error("usage aggregator: %d unreadable entries acknowledged", len(unreadable))
+            await self._redis.xack(self._stream, GROUP, *unreadable)
+        if len(args) > 3:
+            self.counted += int(await self._rollup(keys=[self._stream], args=args))

@@ -1,0 +1,177 @@
+"""Usage events to a Redis Stream, never lost: a bounded in-memory buffer, spilled to disk
+while Redis is unreachable, flushed (disk first) when it returns."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections import deque
+from pathlib import Path
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from router.tenancy.redis_util import UNREACHABLE
+from router.tenancy.usage_event import UsageEvent
+
+log = logging.getLogger(__name__)
+
+BATCH = 500  # events per pipeline round trip
+
+
+class UsageSink(Protocol):
+    """Where usage events go.
+
+    Lifecycle: `start()` once, `emit()` from the event loop (never blocks, never raises),
+    `aclose()` at shutdown (a last flush; what cannot be sent stays on disk for the next
+    start)."""
+
+    def emit(self, event: UsageEvent) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class StreamUsageSink:
+    """Sends events to a Redis Stream in batches from one background task.
+
+    While Redis is unreachable, events wait in memory up to `buffer_events`; beyond that
+    the buffer is appended to `spill_path` (JSON lines, fsynced). When Redis answers again
+    the spill file is sent first, then the buffer. A batch that failed half-way is sent
+    again whole: the aggregator's idempotency keys drop the duplicates.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        stream: str,
+        maxlen: int,
+        buffer_events: int,
+        spill_path: Path,
+        flush_interval_s: float,
+    ) -> None:
+        self._redis = client
+        self._stream = stream
+        self._maxlen = maxlen
+        self._limit = buffer_events
+        self._spill = spill_path
+        self._interval = flush_interval_s
+        self._buffer: deque[UsageEvent] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._unreachable = False
+        self.sent = 0
+        self.spilled = 0
+
+    @property
+    def pending(self) -> int:
+        """Events not yet in the stream (memory and disk)."""
+        return len(self._buffer) + _count_lines(self._spill) + _count_lines(self._sending)
+
+    def emit(self, event: UsageEvent) -> None:
+        self._buffer.append(event)
+        if len(self._buffer) > self._limit:
+            self._spill_buffer()
+        if len(self._buffer) >= BATCH:
+            self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="usage-events-flush")
+
+    async def flush(self) -> bool:
+        """Send everything pending now; False when Redis is unreachable (kept for later)."""
+        try:
+            while self._has_spill():
+                await self._send_spill()
+            while self._buffer:
+                batch = [self._buffer.popleft() for _ in range(min(BATCH, len(self._buffer)))]
+                try:
+                    await self._send(batch)
+                except BaseException:
+                    self._buffer.extendleft(reversed(batch))
+                    raise
+        except UNREACHABLE as exc:
+            if not self._unreachable:
+                log.warning("usage events: Redis unreachable (%s); buffering", exc)
+                self._unreachable = True
+            return False
+        if self._unreachable:
+            log.warning("usage events: Redis reachable again; buffered events sent")
+            self._unreachable = False
+        return True
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if not await self.flush() and self._buffer:
+            self._spill_buffer()  # kept on disk for the next start
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
+            if self._buffer or self._has_spill():
+                try:
+                    await self.flush()
+                except Exception:  # never let the flusher die: events would pile up
+                    log.exception("usage events: flush failed")
+
+    async def _send(self, batch: list[UsageEvent]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event in batch:
+                pipe.xadd(
+                    self._stream,
+                    event.to_fields(),  # type: ignore[arg-type]
+                    maxlen=self._maxlen,
+                    approximate=True,
+                )
+            await pipe.execute()
+        self.sent += len(batch)
+
+    @property
+    def _sending(self) -> Path:
+        return self._spill.with_name(self._spill.name + ".sending")
+
+    def _has_spill(self) -> bool:
+        return self._spill.exists() or self._sending.exists()
+
+    async def _send_spill(self) -> None:
+        # Spills written while this one is being sent land in a new file, not lost.
+        if not self._sending.exists():
+            self._spill.rename(self._sending)
+        lines = self._sending.read_text(encoding="utf-8").splitlines()
+        events = []
+        for line in lines:
+            try:
+                events.append(UsageEvent.from_json(line))
+            except (ValueError, KeyError):
+                log.warning("usage events: skipping a damaged spilled line")
+        for i in range(0, len(events), BATCH):
+            await self._send(events[i : i + BATCH])
+        self._sending.unlink()
+
+    def _spill_buffer(self) -> None:
+        self._spill.parent.mkdir(parents=True, exist_ok=True)
+        with self._spill.open("a", encoding="utf-8") as out:
+            for event in self._buffer:
+                out.write(event.to_json() + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        self.spilled += len(self._buffer)
+        self._buffer.clear()
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
