@@ -1,0 +1,222 @@
+"""Telemetry of one service process: the Prometheus registry, its metrics port, and the
+OpenTelemetry SDK set up from the standard OTEL_* variables (tracing is off by default).
+
+This is the composition root's part of observability. Library code never imports the SDK:
+it asks `opentelemetry.trace` for a tracer (a no-op until `start_telemetry` installs a
+provider) and registers its metrics on the registry it is handed.
+
+Switches, read once at start-up:
+- IMESH_METRICS=0 turns metrics off (no registry, no sinks, no /metrics); default on.
+- Tracing is on when OTEL_TRACES_EXPORTER names an exporter (otlp, console) or an OTLP
+  endpoint is set (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), unless
+  OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none. The SDK itself reads the rest
+  (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_BSP_*,
+  OTEL_EXPORTER_OTLP_*); OTEL_PROPAGATORS defaults to W3C trace context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+log = logging.getLogger(__name__)
+
+_EXPORTERS = frozenset({"otlp", "console"})
+# Seconds a scraper gets to send its request head.
+READ_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetrySwitches:
+    """What the environment asks for."""
+
+    metrics: bool
+    exporters: tuple[str, ...]  # empty: tracing off
+
+    @property
+    def tracing(self) -> bool:
+        return bool(self.exporters)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TelemetrySwitches:
+        """Raises ValueError naming the variable when a value is not understood."""
+        metrics_value = env.get("IMESH_METRICS", "1").strip()
+        if metrics_value not in ("0", "1"):
+            raise ValueError(f"IMESH_METRICS must be 0 or 1, got {metrics_value!r}")
+        return cls(metrics=metrics_value == "1", exporters=_exporters(env))
+
+
+def _exporters(env: Mapping[str, str]) -> tuple[str, ...]:
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return ()
+    named = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if not named:
+        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        return ("otlp",) if endpoint else ()
+    names = tuple(n.strip() for n in named.split(",") if n.strip())
+    if names == ("none",):
+        return ()
+    unknown = sorted(set(names) - _EXPORTERS)
+    if unknown:
+        raise ValueError(
+            f"OTEL_TRACES_EXPORTER: unsupported exporter {', '.join(unknown)} "
+            f"(supported: {', '.join(sorted(_EXPORTERS))}, none)"
+        )
+    return names
+
+
+@dataclass
+class Telemetry:
+    """Lifecycle: `start_telemetry` once per process before any gRPC server or channel is
+    built (the gRPC instrumentation patches their constructors); `close()` at exit stops
+    the metrics port and flushes the spans still buffered. `registry` is None when metrics
+    are off."""
+
+    registry: CollectorRegistry | None
+    tracing: bool
+    _provider: TracerProvider | None = None
+    _servers: list[asyncio.Server] = field(default_factory=list)
+
+    async def serve_metrics(self, listen: str) -> int:
+        """Serve `GET /metrics` on `listen` ("host:port"; port 0 picks one) on the running
+        loop, and return the bound port (0 when metrics are off: nothing is served).
+
+        On the loop, not in a thread: a scrape reads the router's breakers and counters
+        between two steps of the request path, never in the middle of one."""
+        if self.registry is None:
+            return 0
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"metrics address must be HOST:PORT, got {listen!r}")
+        server = await asyncio.start_server(
+            _MetricsHandler(self.registry), host.strip("[]"), int(port)
+        )
+        self._servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+            await server.wait_closed()
+        self._servers.clear()
+        if self._provider is not None:
+            self._provider.shutdown()  # flushes what the batch processor still holds
+            self._provider = None
+
+
+class _MetricsHandler:
+    """One HTTP/1.1 exchange per connection: `GET /metrics` gets the registry in the
+    Prometheus text format, anything else a 404; then the connection closes."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                head = await reader.readuntil(b"\r\n\r\n")
+            method, _, rest = head.partition(b" ")
+            path = rest.partition(b" ")[0].partition(b"?")[0]
+            if method == b"GET" and path == b"/metrics":
+                status, ctype, body = (
+                    b"200 OK",
+                    CONTENT_TYPE_LATEST.encode(),
+                    generate_latest(self._registry),
+                )
+            else:
+                status, ctype, body = b"404 Not Found", b"text/plain", b"not found\n"
+            writer.write(
+                b"HTTP/1.1 %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n" % (status, ctype, len(body))
+            )
+            writer.write(body)
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            pass  # a half-open or garbled connection: drop it
+        finally:
+            writer.close()
+
+
+def start_telemetry(service: str, env: Mapping[str, str]) -> Telemetry:
+    """Telemetry as `env` asks for it, for a process whose default service name is
+    `service` (OTEL_SERVICE_NAME overrides it)."""
+    switches = TelemetrySwitches.from_env(env)
+    registry = CollectorRegistry() if switches.metrics else None
+    provider = _start_tracing(service, switches.exporters, env) if switches.tracing else None
+    return Telemetry(registry=registry, tracing=provider is not None, _provider=provider)
+
+
+def _start_tracing(
+    service: str, exporters: tuple[str, ...], env: Mapping[str, str]
+) -> TracerProvider:
+    try:
+        from opentelemetry import trace
+        from opentelemetry.instrumentation.grpc import (
+            GrpcAioInstrumentorClient,
+            GrpcAioInstrumentorServer,
+        )
+        from opentelemetry.instrumentation.grpc.filters import health_check, negate
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as exc:
+        raise RuntimeError(
+            "tracing was asked for (OTEL_*) but the tracing extra is not installed: "
+            "pip install 'inference-mesh[tracing]'"
+        ) from exc
+
+    attributes = {} if env.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service}
+    provider = TracerProvider(resource=Resource.create(attributes))
+    for name in exporters:
+        exporter: SpanExporter
+        if name == "otlp":
+            exporter = _otlp_exporter(env)
+        else:
+            from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+            exporter = ConsoleSpanExporter()
+        # Batched in a background thread: exporting never runs on the event loop.
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    # Probes would be most of the spans and say nothing about requests.
+    not_health = negate(health_check())
+    server = GrpcAioInstrumentorServer(filter_=not_health)  # type: ignore[no-untyped-call]
+    server.instrument(tracer_provider=provider)
+    client = GrpcAioInstrumentorClient(filter_=not_health)  # type: ignore[no-untyped-call]
+    client.instrument(tracer_provider=provider)
+    log.info("tracing on: exporting spans with %s", ", ".join(exporters))
+    return provider
+
+
+def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
+    """OTLP over gRPC (the default) or over HTTP, as OTEL_EXPORTER_OTLP_PROTOCOL says."""
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "grpc"
+    ).strip()
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpSpanExporter,
+        )
+
+        return HttpSpanExporter()
+    raise ValueError(
+        f"OTEL_EXPORTER_OTLP_PROTOCOL: unsupported protocol {protocol!r} (grpc, http/protobuf)"
+    )

@@ -1,0 +1,282 @@
+"""Router metrics for Prometheus: RED, resilience and runtime figures, as a record sink.
+
+Counters and histograms move once per finished attempt (`record_attempt`) and once per
+finished request (`record_request`), never per token. Live state (breaker states and
+transitions, attempts in flight) is read when Prometheus scrapes, so it costs the request
+path nothing.
+
+Labels stay bounded: a model label is a configured alias or deployment (anything else,
+say a caller's typo, is "unknown"), a deployment label a configured deployment, a reason a
+`Reason` member; tenants come from the tenancy config and the label can be turned off
+(`tenant_label=False`) where there are many. Request ids never become labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from imesh.errors import Reason
+from router.breaker import BreakerState, CircuitBreaker
+from router.recorder import AttemptKind, AttemptRecord, RequestOutcome, RequestRecord
+from router.stats import StatsRegistry
+
+UNKNOWN = "unknown"
+NONE = "none"
+MICROS_PER_DOLLAR = 1_000_000
+
+# Seconds. A request spans a cache hit to a long generation; TTFT and per-token times are
+# finer; the router's own overhead is meant to stay under a millisecond.
+DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
+TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+_RATE_LIMIT_REASONS = frozenset(
+    {Reason.RATE_LIMITED, Reason.QUOTA_EXCEEDED, Reason.BUDGET_EXCEEDED}
+)
+_SHED_REASONS = frozenset({Reason.OVERLOADED})
+
+
+class RouterMetrics:
+    """A RecordSink that keeps the router's Prometheus metrics.
+
+    Lifecycle: build once per router with the registry of the process and the names the
+    config defines; hand it to the router as a sink; call `watch()` with the router's
+    breakers and stats to expose their live state at scrape time. Runs on the event loop
+    only, and so does the scrape (`/metrics` is served on the loop).
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        models: Iterable[str],
+        deployments: Iterable[str],
+        tenant_label: bool = True,
+    ) -> None:
+        self._registry = registry
+        self._deployments = frozenset(deployments)
+        self._models = frozenset(models) | self._deployments
+        self._tenant_label = tenant_label
+        tenant: tuple[str, ...] = ("tenant",) if tenant_label else ()
+
+        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        def histogram(
+            name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]
+        ) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=registry)
+
+        self.requests = counter(
+            "imesh_requests",
+            "Finished requests by outcome (success, failure, cancelled); deployment is the "
+            "one that answered ('none' when no attempt did).",
+            ("model", "deployment", *tenant, "outcome"),
+        )
+        self.request_errors = counter(
+            "imesh_request_errors",
+            "Failed requests by the reason the caller was given.",
+            ("model", "reason"),
+        )
+        self.duration = histogram(
+            "imesh_request_duration_seconds",
+            "Time from a request's admission to its last event.",
+            ("model", "deployment"),
+            DURATION_BUCKETS,
+        )
+        self.ttft = histogram(
+            "imesh_time_to_first_token_seconds",
+            "Time from a request's admission to its first output reaching the caller's stream.",
+            ("model", "deployment"),
+            TTFT_BUCKETS,
+        )
+        self.tpot = histogram(
+            "imesh_time_per_output_token_seconds",
+            "Mean time between output tokens after the first, per successful request.",
+            ("model", "deployment"),
+            TPOT_BUCKETS,
+        )
+        self.overhead = histogram(
+            "imesh_router_overhead_seconds",
+            "Time a request spent in the mesh with no upstream call running and no backoff.",
+            (),
+            OVERHEAD_BUCKETS,
+        )
+        self.tokens = counter(
+            "imesh_tokens",
+            "Tokens spent by every attempt (hedge losers and failed streams included).",
+            ("model", "deployment", *tenant, "kind"),
+        )
+        self.cost = counter(
+            "imesh_cost_dollars",
+            "What every attempt cost, in US dollars.",
+            ("model", "deployment", *tenant),
+        )
+        self.attempts = counter(
+            "imesh_attempts",
+            "Finished attempts by kind (primary, retry, fallback, hedge) and outcome.",
+            ("deployment", "kind", "outcome"),
+        )
+        self.retries = counter(
+            "imesh_retries",
+            "Attempts again on a deployment the request had already tried.",
+            ("model", "deployment"),
+        )
+        self.fallbacks = counter(
+            "imesh_fallbacks",
+            "Attempts after a failure on a deployment the request had not tried yet.",
+            ("model", "deployment"),
+        )
+        self.hedges = counter(
+            "imesh_hedges",
+            "Hedged attempts launched, and those whose answer the caller got (won).",
+            ("model", "deployment", "result"),
+        )
+        self.load_shed = counter(
+            "imesh_load_shed",
+            "Requests refused by admission control because the router was at its limit.",
+            (*tenant, "reason"),
+        )
+        self.rate_limited = counter(
+            "imesh_rate_limit_rejections",
+            "Requests refused by a tenant's rate limit, token quota or budget.",
+            (*tenant, "reason"),
+        )
+        self.redis_errors = counter(
+            "imesh_redis_errors",
+            "Redis calls that failed (the router kept serving on local limits).",
+            ("operation",),
+        )
+        # Children by label values, made once each: labels() validates and locks per call.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    # -- the sink --------------------------------------------------------------------
+
+    def record_attempt(self, record: AttemptRecord) -> None:
+        model = self._model(record.model)
+        deployment = self._deployment(record.deployment)
+        tenant = self._tenant_values(record.caller.tenant)
+        usage = record.usage
+        kind = record.kind
+        self._child(self.attempts, deployment, kind.value, record.outcome.value).inc()
+        if usage.prompt_tokens:
+            self._child(self.tokens, model, deployment, *tenant, "input").inc(usage.prompt_tokens)
+        if usage.completion_tokens:
+            self._child(self.tokens, model, deployment, *tenant, "output").inc(
+                usage.completion_tokens
+            )
+        if usage.cached_tokens:
+            self._child(self.tokens, model, deployment, *tenant, "cached").inc(usage.cached_tokens)
+        if usage.cost_micros:
+            self._child(self.cost, model, deployment, *tenant).inc(
+                usage.cost_micros / MICROS_PER_DOLLAR
+            )
+        if kind is AttemptKind.RETRY:
+            self._child(self.retries, model, deployment).inc()
+        elif kind is AttemptKind.FALLBACK:
+            self._child(self.fallbacks, model, deployment).inc()
+        elif kind is AttemptKind.HEDGE:
+            self._child(self.hedges, model, deployment, "launched").inc()
+            if record.won:
+                self._child(self.hedges, model, deployment, "won").inc()
+
+    def record_request(self, record: RequestRecord) -> None:
+        model = self._model(record.model)
+        deployment = NONE if record.deployment is None else self._deployment(record.deployment)
+        tenant = self._tenant_values(record.caller.tenant)
+        outcome = record.outcome
+        self._child(self.requests, model, deployment, *tenant, outcome.value).inc()
+        reason = record.reason
+        if reason is not None and outcome is RequestOutcome.FAILURE:
+            self._child(self.request_errors, model, reason.value).inc()
+            if reason in _RATE_LIMIT_REASONS:
+                self._child(self.rate_limited, *tenant, reason.value).inc()
+            elif reason in _SHED_REASONS:
+                self._child(self.load_shed, *tenant, reason.value).inc()
+        self.overhead.observe(record.overhead_s)
+        if record.deployment is None:
+            return  # refused or failed before any answer: no latency of an answer to keep
+        self._child(self.duration, model, deployment).observe(record.latency_s)
+        ttft = record.ttft_s
+        if ttft is not None:
+            self._child(self.ttft, model, deployment).observe(ttft)
+            tokens = record.usage.completion_tokens
+            if outcome is RequestOutcome.SUCCESS and tokens > 1:
+                per_token = (record.latency_s - ttft) / (tokens - 1)
+                self._child(self.tpot, model, deployment).observe(per_token)
+
+    # -- outside the record path -----------------------------------------------------
+
+    def redis_error(self, operation: str) -> None:
+        """Count one failed Redis call (`operation`: a fixed name such as "admit")."""
+        self._child(self.redis_errors, operation).inc()
+
+    def watch(self, breakers: Mapping[str, CircuitBreaker], stats: StatsRegistry) -> None:
+        """Expose the breakers' states and transitions and the attempts in flight per
+        deployment, read at scrape time."""
+        self._registry.register(_LiveState(breakers, stats))
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _child(self, family: Any, *values: str) -> Any:
+        key = (id(family), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*values)
+        return child
+
+    def _model(self, model: str) -> str:
+        return model if model in self._models else UNKNOWN
+
+    def _deployment(self, deployment: str) -> str:
+        return deployment if deployment in self._deployments else UNKNOWN
+
+    def _tenant_values(self, tenant: str | None) -> tuple[str, ...]:
+        if not self._tenant_label:
+            return ()
+        return (tenant or NONE,)
+
+
+_STATES: tuple[BreakerState, ...] = tuple(BreakerState)
+
+
+class _LiveState(Collector):
+    """Scrape-time view of the router's breakers and in-flight attempts."""
+
+    def __init__(self, breakers: Mapping[str, CircuitBreaker], stats: StatsRegistry) -> None:
+        self._breakers = breakers
+        self._stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        state = GaugeMetricFamily(
+            "imesh_breaker_state",
+            "1 for the state each deployment's circuit breaker is in, 0 for the others.",
+            labels=("deployment", "state"),
+        )
+        transitions = CounterMetricFamily(
+            "imesh_breaker_transitions",
+            "Circuit breaker state changes, by deployment and the states left and entered.",
+            labels=("deployment", "from", "to"),
+        )
+        in_flight = GaugeMetricFamily(
+            "imesh_in_flight_streams",
+            "Attempts running now against each deployment (hedges included).",
+            labels=("deployment",),
+        )
+        for name, breaker in self._breakers.items():
+            current = breaker.state
+            for candidate in _STATES:
+                state.add_metric((name, candidate.value), 1.0 if candidate is current else 0.0)
+            for (left, entered), count in breaker.transitions.items():
+                transitions.add_metric((name, left.value, entered.value), count)
+            if name in self._stats:
+                in_flight.add_metric((name,), self._stats[name].in_flight)
+        yield state
+        yield transitions
+        yield in_flight

@@ -1,0 +1,315 @@
+"""RouterMetrics: exact metric moves per record, bounded labels, scrape-time breaker state."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from imesh.errors import MeshError, Reason
+from imesh.v1 import events_pb2
+from router.breaker import CircuitBreaker
+from router.config import BreakerConfig
+from router.metrics import RouterMetrics
+from router.recorder import AttemptKind, AttemptRecord, Outcome, RequestOutcome, RequestRecord
+from router.scope import Caller
+from router.stats import StatsRegistry
+
+ALICE = Caller(key_id="k1", tenant="alice")
+
+
+def metrics(registry: CollectorRegistry, *, tenant_label: bool = True) -> RouterMetrics:
+    return RouterMetrics(
+        registry, models=["chat"], deployments=["fast-1", "slow-1"], tenant_label=tenant_label
+    )
+
+
+def attempt(
+    deployment: str = "fast-1",
+    *,
+    kind: AttemptKind = AttemptKind.PRIMARY,
+    outcome: Outcome = Outcome.SUCCESS,
+    won: bool = True,
+    request_id: str = "r1",
+    prompt: int = 10,
+    completion: int = 20,
+    cached: int = 0,
+    cost_micros: int = 1500,
+    caller: Caller = ALICE,
+) -> AttemptRecord:
+    return AttemptRecord(
+        request_id=request_id,
+        caller=caller,
+        model="chat",
+        deployment=deployment,
+        provider="p",
+        attempt=1,
+        kind=kind,
+        outcome=outcome,
+        error=None,
+        latency_s=0.5,
+        ttft_s=0.1,
+        usage=events_pb2.Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=cached,
+            cost_micros=cost_micros,
+        ),
+        produced_output=True,
+        won=won,
+    )
+
+
+def request(
+    *,
+    model: str = "chat",
+    deployment: str | None = "fast-1",
+    outcome: RequestOutcome = RequestOutcome.SUCCESS,
+    error: MeshError | None = None,
+    request_id: str = "r1",
+    completion: int = 21,
+    latency_s: float = 1.1,
+    ttft_s: float | None = 0.1,
+    caller: Caller = ALICE,
+) -> RequestRecord:
+    return RequestRecord(
+        request_id=request_id,
+        caller=caller,
+        model=model,
+        outcome=outcome,
+        reason=None if error is None else error.reason,
+        error=error,
+        deployment=deployment,
+        attempts=1,
+        retries=0,
+        fallbacks=0,
+        hedges=0,
+        usage=events_pb2.Usage(prompt_tokens=10, completion_tokens=completion),
+        latency_s=latency_s,
+        ttft_s=ttft_s,
+        overhead_s=0.0004,
+    )
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    got = registry.get_sample_value(name, labels)
+    return 0.0 if got is None else got
+
+
+def test_a_successful_request_counts_once_with_its_latencies() -> None:
+    registry = CollectorRegistry()
+    m = metrics(registry)
+    m.record_request(request())
+    served = {"model": "chat", "deployment": "fast-1"}
+    assert value(registry, "imesh_requests_total", **served, tenant="alice", outcome="success") == 1
+    assert value(registry, "imesh_request_duration_seconds_sum", **served) == pytest.approx(1.1)
+    assert value(registry, "imesh_time_to_first_token_seconds_sum", **served) == pytest.approx(0.1)
+    # 21 tokens: the 20 after the first took the second between first token and end.
+    assert value(registry, "imesh_time_per_output_token_seconds_sum", **served) == pytest.approx(
+        1.0 / 20
+    )
+    assert value(registry, "imesh_router_overhead_seconds_sum") == pytest.approx(0.0004)
+
+
+def test_every_attempt_spends_tokens_and_dollars_on_its_own_deployment() -> None:
+    registry = CollectorRegistry()
+    m = metrics(registry)
+    m.record_attempt(attempt("fast-1", prompt=10, completion=20, cached=4, cost_micros=1500))
+    m.record_attempt(
+        attempt(
+            "slow-1",
+            kind=AttemptKind.HEDGE,
+            outcome=Outcome.CANCELLED,
+            won=False,
+            prompt=10,
+            completion=3,
+            cost_micros=500,
+        )
+    )
+    fast = {"model": "chat", "deployment": "fast-1", "tenant": "alice"}
+    slow = {"model": "chat", "deployment": "slow-1", "tenant": "alice"}
+    assert value(registry, "imesh_tokens_total", **fast, kind="input") == 10
+    assert value(registry, "imesh_tokens_total", **fast, kind="output") == 20
+    assert value(registry, "imesh_tokens_total", **fast, kind="cached") == 4
+    assert value(registry, "imesh_tokens_total", **slow, kind="output") == 3
+    assert value(registry, "imesh_cost_dollars_total", **fast) == pytest.approx(0.0015)
+    assert value(registry, "imesh_cost_dollars_total", **slow) == pytest.approx(0.0005)
+    hedge = {"model": "chat", "deployment": "slow-1"}
+    assert value(registry, "imesh_hedges_total", **hedge, result="launched") == 1
+    assert value(registry, "imesh_hedges_total", **hedge, result="won") == 0
+
+
+def test_hedges_that_win_retries_and_fallbacks_are_counted_by_kind() -> None:
+    registry = CollectorRegistry()
+    m = metrics(registry)
+    m.record_attempt(attempt("fast-1", outcome=Outcome.FAILURE, won=False))
+    m.record_attempt(attempt("fast-1", kind=AttemptKind.RETRY, outcome=Outcome.FAILURE, won=False))
+    m.record_attempt(attempt("slow-1", kind=AttemptKind.FALLBACK, won=False))
+    m.record_attempt(attempt("fast-1", kind=AttemptKind.HEDGE, won=True))
+    assert value(registry, "imesh_retries_total", model="chat", deployment="fast-1") == 1
+    assert value(registry, "imesh_fallbacks_total", model="chat", deployment="slow-1") == 1
+    won = {"model": "chat", "deployment": "fast-1", "result": "won"}
+    assert value(registry, "imesh_hedges_total", **won) == 1
+    failed = {"deployment": "fast-1", "outcome": "failure"}
+    assert value(registry, "imesh_attempts_total", **failed, kind="primary") == 1
+    assert value(registry, "imesh_attempts_total", **failed, kind="retry") == 1
+
+
+def test_refusals_count_as_rate_limit_or_load_shed_by_reason() -> None:
+    registry = CollectorRegistry()
+    m = metrics(registry)
+    for reason in (Reason.QUOTA_EXCEEDED, Reason.RATE_LIMITED, Reason.OVERLOADED):
+        m.record_request(
+            request(
+                deployment=None,
+                outcome=RequestOutcome.FAILURE,
+                error=MeshError.of(reason, "no", retry_after=1.0),
+                ttft_s=None,
+            )
+        )
+    limited = registry.get_sample_value
+    assert (
+        limited(
+            "imesh_rate_limit_rejections_total", {"tenant": "alice", "reason": "QUOTA_EXCEEDED"}
+        )
+        == 1
+    )
+    assert (
+        limited("imesh_rate_limit_rejections_total", {"tenant": "alice", "reason": "RATE_LIMITED"})
+        == 1
+    )
+    assert limited("imesh_load_shed_total", {"tenant": "alice", "reason": "OVERLOADED"}) == 1
+    refused = {"model": "chat", "deployment": "none", "tenant": "alice", "outcome": "failure"}
+    assert value(registry, "imesh_requests_total", **refused) == 3
+    assert value(registry, "imesh_request_errors_total", model="chat", reason="OVERLOADED") == 1
+    # Nothing answered: no answer latency is recorded for refusals.
+    assert (
+        value(registry, "imesh_request_duration_seconds_count", model="chat", deployment="none")
+        == 0
+    )
+
+
+def test_an_unknown_model_is_one_label_value_however_many_callers_invent() -> None:
+    registry = CollectorRegistry()
+    m = metrics(registry)
+    for i in range(50):
+        m.record_request(
+            request(
+                model=f"typo-{i}",
+                deployment=None,
+                outcome=RequestOutcome.FAILURE,
+                error=MeshError.of(Reason.MODEL_NOT_FOUND, "no such model"),
+            )
+        )
+    assert (
+        value(registry, "imesh_request_errors_total", model="unknown", reason="MODEL_NOT_FOUND")
+        == 50
+    )
+
+
+def test_the_tenant_label_can_be_turned_off() -> None:
+    registry = CollectorRegistry()
+    m = metrics(registry, tenant_label=False)
+    m.record_request(request())
+    m.record_attempt(attempt())
+    labels = {"model": "chat", "deployment": "fast-1"}
+    assert value(registry, "imesh_requests_total", **labels, outcome="success") == 1
+    assert value(registry, "imesh_tokens_total", **labels, kind="input") == 10
+    assert "tenant=" not in generate_latest(registry).decode()
+
+
+def test_label_cardinality_stays_bounded_after_1000_distinct_request_ids() -> None:
+    registry = CollectorRegistry()
+    m = metrics(registry)
+    tenants = [Caller(key_id=None, tenant=t) for t in ("alice", "bob")]
+
+    def series() -> int:
+        text = generate_latest(registry).decode()
+        return sum(len(f.samples) for f in text_string_to_metric_families(text))
+
+    def one(i: int) -> None:
+        rid = f"req-{i:05d}"
+        caller = tenants[i % 2]
+        m.record_attempt(attempt(request_id=rid, caller=caller))
+        m.record_request(request(request_id=rid, caller=caller))
+
+    for i in range(10):
+        one(i)
+    before = series()
+    for i in range(10, 1010):
+        one(i)
+    text = generate_latest(registry).decode()
+    assert series() == before
+    assert "req-0" not in text
+
+
+def test_breaker_state_and_transitions_are_read_at_scrape_time() -> None:
+    now = [0.0]
+    config = BreakerConfig(consecutive_failures=1, open_s=5)
+    breakers = {"fast-1": CircuitBreaker(config, lambda: now[0])}
+    stats = StatsRegistry()
+    stats["fast-1"].begin()
+    registry = CollectorRegistry()
+    metrics(registry).watch(breakers, stats)
+
+    def state(name: str) -> float:
+        return value(registry, "imesh_breaker_state", deployment="fast-1", state=name)
+
+    assert (state("closed"), state("open")) == (1, 0)
+    permit = breakers["fast-1"].try_acquire()
+    assert permit is not None
+    breakers["fast-1"].record_failure(permit)
+    assert (state("closed"), state("open")) == (0, 1)
+    now[0] = 6.0  # past open_s: the next look finds it half-open
+    assert state("half_open") == 1
+    moves = {"deployment": "fast-1"}
+    assert (
+        value(
+            registry, "imesh_breaker_transitions_total", **moves, **{"from": "closed", "to": "open"}
+        )
+        == 1
+    )
+    assert (
+        value(
+            registry,
+            "imesh_breaker_transitions_total",
+            **moves,
+            **{"from": "open", "to": "half_open"},
+        )
+        == 1
+    )
+    assert value(registry, "imesh_in_flight_streams", deployment="fast-1") == 1
+
+
+def test_metrics_output_passes_the_prometheus_parser() -> None:
+    registry = CollectorRegistry()
+    m = metrics(registry)
+    m.watch({"fast-1": CircuitBreaker(BreakerConfig())}, StatsRegistry())
+    m.record_attempt(attempt())
+    m.record_request(request())
+    m.redis_error("admit")
+    families = {
+        f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())
+    }
+    for name in (
+        "imesh_requests",
+        "imesh_request_duration_seconds",
+        "imesh_time_to_first_token_seconds",
+        "imesh_time_per_output_token_seconds",
+        "imesh_tokens",
+        "imesh_cost_dollars",
+        "imesh_breaker_state",
+        "imesh_breaker_transitions",
+        "imesh_retries",
+        "imesh_hedges",
+        "imesh_fallbacks",
+        "imesh_load_shed",
+        "imesh_in_flight_streams",
+        "imesh_router_overhead_seconds",
+        "imesh_rate_limit_rejections",
+        "imesh_redis_errors",
+    ):
+        assert name in families, name
+    assert families["imesh_requests"].type == "counter"
+    assert families["imesh_request_duration_seconds"].type == "histogram"
