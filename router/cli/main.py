@@ -16,7 +16,9 @@ inference-mesh: a gRPC-native LLM inference mesh.
 Run it:      imesh up | imesh router | imesh adapter NAME | imesh gateway
 Talk to it:  imesh chat "prompt" | imesh models
 Measure it:  imesh bench
-Logging:     IMESH_LOG_LEVEL=DEBUG|INFO|WARNING|ERROR (services default to INFO)
+Logging:     IMESH_LOG_LEVEL=DEBUG|INFO|WARNING|ERROR (services default to INFO),
+             IMESH_LOG_FORMAT=text|json (default: text on a terminal, else JSON lines)
+Telemetry:   IMESH_METRICS=0 turns metrics off; OTEL_* variables turn tracing on
 """
 EPILOG = """\
 examples:
@@ -46,17 +48,35 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def configure_logging(command: str) -> None:
-    """INFO for services (breaker transitions, drains), WARNING for clients; the
-    IMESH_LOG_LEVEL variable (DEBUG, INFO, WARNING, ERROR) overrides both."""
+    """INFO for services (breaker transitions, drains, one line per request), WARNING for
+    clients; the IMESH_LOG_LEVEL variable (DEBUG, INFO, WARNING, ERROR) overrides both.
+    Lines are human text on a terminal and JSON objects otherwise (a collector's input);
+    IMESH_LOG_FORMAT=text|json overrides that."""
     default = "WARNING" if command in _QUIET_COMMANDS else "INFO"
     level = os.environ.get("IMESH_LOG_LEVEL", default).upper()
     if level not in logging.getLevelNamesMapping():
         print(f"IMESH_LOG_LEVEL: unknown level {level!r}, using {default}", file=sys.stderr)
         level = default
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    if _log_format() == "json":
+        from router.request_log import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler])
     # httpx logs every request at INFO: per-request formatting on the hot path, and noise.
     for chatty in ("httpx", "httpcore"):
         logging.getLogger(chatty).setLevel(max(logging.getLevelName(level), logging.WARNING))
+
+
+def _log_format() -> str:
+    default = "text" if sys.stderr.isatty() else "json"
+    chosen = os.environ.get("IMESH_LOG_FORMAT", default).lower()
+    if chosen not in ("text", "json"):
+        print(f"IMESH_LOG_FORMAT: unknown format {chosen!r}, using {default}", file=sys.stderr)
+        chosen = default
+    return chosen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
