@@ -7,10 +7,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from imesh.api import CallContext
-    from imesh.client import Client, SyncClient, assistant, system, user
+    from imesh.client import Client, SyncClient, assistant, system, tls_credentials, user
     from imesh.errors import MeshError
 
-__all__ = ["CallContext", "Client", "MeshError", "SyncClient", "assistant", "system", "user"]
+__all__ = [
+    "CallContext",
+    "Client",
+    "MeshError",
+    "SyncClient",
+    "assistant",
+    "system",
+    "tls_credentials",
+    "user",
+]
 
 # Loaded on first use so `import imesh` (and `import imesh.v1...`) stays cheap: no grpc.
 _HOMES = {
@@ -19,6 +28,7 @@ _HOMES = {
     "SyncClient": "imesh.client",
     "assistant": "imesh.client",
     "system": "imesh.client",
+    "tls_credentials": "imesh.client",
     "user": "imesh.client",
     "MeshError": "imesh.errors",
 }

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -22,6 +23,20 @@ CLOSE_WAIT_S = 1.0
 # Readiness checks answer fast or count as "not ready".
 READY_TIMEOUT_S = 2.0
 CHAT_SERVICE = chat_service_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
+
+
+def tls_credentials(
+    ca: str | Path, *, cert: str | Path | None = None, key: str | Path | None = None
+) -> grpc.ChannelCredentials:
+    """Credentials for a router that serves TLS: `ca` (PEM file) verifies its certificate;
+    `cert` and `key` are this caller's own, for a router that requires mutual TLS."""
+    if (cert is None) != (key is None):
+        raise ValueError("cert and key go together: give both or neither")
+    return grpc.ssl_channel_credentials(
+        Path(ca).read_bytes(),
+        Path(key).read_bytes() if key is not None else None,
+        Path(cert).read_bytes() if cert is not None else None,
+    )
 
 
 def user(text: str) -> chat_pb2.Message:
@@ -48,8 +63,9 @@ class Client:
 
     Lifecycle: build once, share across tasks, `aclose()` (or `async with`) at the end.
     The channel opens lazily inside the event loop that first uses it, unless `channel`
-    is given (then it is the caller's to close). `timeout` (seconds) applies to calls
-    whose CallContext sets none.
+    is given (then it is the caller's to close). `credentials` makes it a TLS channel
+    (see `tls_credentials`); without them it is plaintext. `timeout` (seconds) applies to
+    calls whose CallContext sets none.
     """
 
     def __init__(
@@ -58,11 +74,13 @@ class Client:
         *,
         api_key: str | None = None,
         channel: grpc.aio.Channel | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
         timeout: float | None = None,
     ) -> None:
         self._target = target
         self._api_key = api_key
         self._timeout = timeout
+        self._credentials = credentials
         self._channel = channel
         self._owns_channel = channel is None
         self._stub: chat_service_pb2_grpc.ChatServiceAsyncStub | None = None
@@ -70,7 +88,11 @@ class Client:
     def _chat_stub(self) -> chat_service_pb2_grpc.ChatServiceAsyncStub:
         if self._stub is None:
             if self._channel is None:
-                self._channel = grpc.aio.insecure_channel(self._target)
+                self._channel = (
+                    grpc.aio.insecure_channel(self._target)
+                    if self._credentials is None
+                    else grpc.aio.secure_channel(self._target, self._credentials)
+                )
             self._stub = chat_service_pb2_grpc.ChatServiceStub(self._channel)
         return self._stub
 
@@ -201,14 +223,19 @@ class SyncClient:
     """
 
     def __init__(
-        self, target: str, *, api_key: str | None = None, timeout: float | None = None
+        self,
+        target: str,
+        *,
+        api_key: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout: float | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="imesh-sync-client", daemon=True
         )
         self._thread.start()
-        self._client = Client(target, api_key=api_key, timeout=timeout)
+        self._client = Client(target, api_key=api_key, credentials=credentials, timeout=timeout)
         # Guards `_closed` and `_pending` between caller threads and close().
         self._lock = threading.Lock()
         self._closed = False

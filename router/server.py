@@ -16,8 +16,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from imesh.api import CallContext, ChatAPI
 from adapters.coalesce import coalesce
+from adapters.config import ServerTLS
+from adapters.hop_auth import ServerSecurity
+from imesh.api import CallContext, ChatAPI
 from imesh.errors import MeshError
 from imesh.v1 import chat_service_pb2, chat_service_pb2_grpc
 from router.readiness import ReadinessHealthServicer
@@ -189,8 +191,10 @@ async def start_router_server(
     *,
     coalesce_ms: float = 2.0,
     max_request_bytes: int = 4 * 1024 * 1024,
+    tls: ServerTLS | None = None,
 ) -> RouterServer:
-    """Serve `api` on `listen` ("127.0.0.1:0" picks a free port, see `.port`)."""
+    """Serve `api` on `listen` ("127.0.0.1:0" picks a free port, see `.port`); over TLS
+    when `tls` is given (mutual TLS when it names a client CA)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_request_bytes),
@@ -205,9 +209,7 @@ async def start_router_server(
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {listen}")
+    port = ServerSecurity.tls_only(tls).add_port(server, listen)
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set("", serving)

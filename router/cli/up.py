@@ -108,7 +108,10 @@ async def serve_mesh(config: MeshConfig, listen: str, http: str | None) -> int:
                 listen,
                 coalesce_ms=config.router.coalesce_ms,
                 max_request_bytes=config.router.max_request_bytes,
+                tls=config.router.tls,
             )
+        except KeyError as exc:  # a TLS file is missing or not PEM: names it
+            fail(f"router.tls: {exc.args[0]}", 2)
         except (OSError, RuntimeError) as exc:
             fail(f"error: router cannot listen on {listen}: {exc}")
         print(f"router gRPC on {shown_address(listen, server.port)}", flush=True)
