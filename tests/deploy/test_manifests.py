@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from adapters.config import SecretRef
+from adapters.config import RemoteConfig, SecretRef
 from router.config import parse_config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -55,9 +55,11 @@ def test_every_mesh_container_is_probed_and_bounded(name: str) -> None:
             assert c["resources"]["requests"], where
             assert c["resources"]["limits"]["memory"], where
             assert c["securityContext"]["runAsNonRoot"] is True, where
-            grpc_ports = {p["containerPort"] for p in c.get("ports", []) if p["name"] == "grpc"}
-            for port in grpc_ports:
-                assert c["readinessProbe"].get("grpc", {}).get("port") == port, where
+            # A TLS port is probed on its plaintext health port (kubelet cannot speak TLS).
+            ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+            probed = ports.get("grpc-health", ports.get("grpc"))
+            if probed is not None:
+                assert c["readinessProbe"].get("grpc", {}).get("port") == probed, where
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
@@ -96,3 +98,106 @@ def test_router_grace_period_outlasts_its_drain() -> None:
     config_map = next(d for d in docs if d["kind"] == "ConfigMap")
     drain_s = parse_config(yaml.safe_load(config_map["data"]["mesh.yaml"])).router.drain_s
     assert router["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > drain_s
+
+
+def config_map_data(docs: list[dict[str, Any]]) -> dict[str, str]:
+    data: dict[str, str] = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    return data
+
+
+def secret_mounts(doc: dict[str, Any], container: dict[str, Any]) -> list[str]:
+    """Mount paths of `container` that hold a Secret."""
+    volumes = doc["spec"]["template"]["spec"]["volumes"]
+    secrets = {v["name"] for v in volumes if "secret" in v}
+    return [m["mountPath"] for m in container["volumeMounts"] if m["name"] in secrets]
+
+
+def from_secret(path: object, mounts: list[str]) -> bool:
+    return any(str(path).startswith(mount.rstrip("/") + "/") for mount in mounts)
+
+
+def test_adapter_listens_on_the_pod_ip_given_by_the_downward_api() -> None:
+    (adapter,) = pod_containers(deployment(render("base"), "adapter-openai"))
+    args = adapter["args"]
+    assert args[args.index("--listen") + 1] == "$(POD_IP):50061"
+    assert not any("0.0.0.0" in a for a in args)
+    env = {e["name"]: e for e in adapter["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+
+
+def test_adapter_requires_tokens_and_client_certificates_from_mounted_secrets() -> None:
+    docs = render("base")
+    dep = deployment(docs, "adapter-openai")
+    (adapter,) = pod_containers(dep)
+    settings = parse_config(yaml.safe_load(config_map_data(docs)["adapters.yaml"])).adapter_service
+    assert settings is not None
+    assert settings.tls is not None
+    assert settings.tls.client_ca is not None, "routers must present a certificate"
+    mounts = secret_mounts(dep, adapter)
+    for ref in settings.tokens:
+        assert ref.ref.startswith("file:")
+        assert from_secret(ref.ref.removeprefix("file:"), mounts)
+    for path in (settings.tls.cert, settings.tls.key, settings.tls.client_ca):
+        assert from_secret(path, mounts), path
+
+
+@pytest.mark.parametrize(
+    ("name", "deployment_name"), [("base", "router"), ("sidecar", "example-caller")]
+)
+def test_every_router_presents_its_certificate_and_token_from_mounted_secrets(
+    name: str, deployment_name: str
+) -> None:
+    docs = render(name)
+    dep = deployment(docs, deployment_name)
+    mesh = parse_config(yaml.safe_load(config_map_data(docs)["mesh.yaml"]))
+    routers = [c for c in pod_containers(dep) if c.get("args", [""])[0] == "router"]
+    assert routers
+    for provider in mesh.providers.values():
+        assert isinstance(provider, RemoteConfig)
+        assert provider.tls is not None
+        assert provider.tls.cert is not None, "the adapters require a client certificate"
+        for router in routers:
+            mounts = secret_mounts(dep, router)
+            assert from_secret(provider.token.ref.removeprefix("file:"), mounts)
+            for path in (provider.tls.ca, provider.tls.cert, provider.tls.key):
+                assert from_secret(path, mounts), path
+
+
+def pod_labels(docs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    return {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+        for d in docs
+        if d["kind"] == "Deployment"
+    }
+
+
+def admitted(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a pod with `labels` may connect to the pods `policy` selects."""
+    for rule in policy["spec"]["ingress"]:
+        for peer in rule["from"]:
+            wanted = peer.get("podSelector", {}).get("matchLabels", {})
+            if all(labels.get(k) == v for k, v in wanted.items()):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_only_routers_reach_adapters_and_only_callers_and_the_edge_reach_routers(
+    name: str,
+) -> None:
+    docs = render(name)
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
+    labels = pod_labels(docs)
+    to_adapters = policies["adapters-from-routers"]
+    to_router = policies["router-from-callers"]
+    assert to_adapters["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "adapter-openai"
+    }
+    assert to_router["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "router"}
+    pods_with_a_router = {"router"} | ({"example-caller"} if name == "sidecar" else set())
+    for pod, pod_label in labels.items():
+        assert admitted(to_adapters, pod_label) == (pod in pods_with_a_router), pod
+    assert admitted(to_router, labels["gateway"])
+    assert admitted(to_router, {"imesh.dev/caller": "true"})
+    for pod in ("adapter-openai", "redis", "router"):
+        assert not admitted(to_router, labels[pod]), pod
