@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from router.cli import adapter, bench, chat, gateway, models, up
+from router.cli import adapter, bench, chat, gateway, models, pool, replica_agent, up
 
 DESCRIPTION = """\
 inference-mesh: a gRPC-native LLM inference mesh.
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (up, adapter, gateway, chat, models, bench):
+    for module in (up, adapter, gateway, chat, models, bench, pool, replica_agent):
         module.register(commands)
     return parser
 

@@ -1,0 +1,209 @@
+"""`imesh pool`: serve the GPU pool's registry, list its replicas, drain one."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import TYPE_CHECKING
+
+from router.cli._common import describe, fail, run, shown_address, stop_signal
+
+if TYPE_CHECKING:
+    from imesh.v1 import pool_service_pb2
+    from vllm_pool.config import PoolServiceConfig
+
+DEFAULT_POOL_SERVICE = "127.0.0.1:50061"
+EPILOG = """\
+examples:
+  imesh pool serve --token env:IMESH_POOL_TOKEN                       # membership in memory
+  imesh pool serve --token env:IMESH_POOL_TOKEN --redis redis://redis:6379/0
+  imesh pool list --token env:IMESH_POOL_TOKEN
+  imesh pool list --pool 10.0.0.9:50061 --pool-name gpu-a --json
+  imesh pool drain vllm-0 --pool-name gpu-a                           # maintenance
+the token is given by reference (env:NAME or file:PATH), never inline.
+"""
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "pool",
+        help="the GPU pool: serve its registry, list or drain replicas",
+        description=describe(
+            "The GPU pool's registry. Replica agents register vLLM replicas with it and "
+            "heartbeat their load; routers watch it. `serve` runs it, `list` shows the "
+            "replicas with models, labels, state, lease age and load, `drain` stops new "
+            "requests to a replica while its in-flight requests finish."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = parser.add_subparsers(dest="pool_command", metavar="ACTION", required=True)
+
+    serve = actions.add_parser("serve", help="run the pool service")
+    serve.add_argument("--listen", default="0.0.0.0:50061", metavar="ADDR")
+    serve.add_argument("--redis", metavar="URL", help="keep membership in Redis (shared, durable)")
+    serve.add_argument("--lease-s", type=float, default=5.0, help="replica lease (default 5)")
+    _token_argument(serve)
+    serve.set_defaults(func=run_serve)
+
+    listing = actions.add_parser("list", help="show the replicas")
+    listing.add_argument("--pool-name", default="", help="one pool (default: every pool)")
+    listing.add_argument("--json", action="store_true", help="print the raw response as JSON")
+    _address_argument(listing)
+    _token_argument(listing)
+    listing.set_defaults(func=run_list)
+
+    drain = actions.add_parser("drain", help="send a replica no new requests")
+    drain.add_argument("replica", help="the replica's id (as `imesh pool list` shows it)")
+    drain.add_argument("--pool-name", default="default", help="its pool (default: default)")
+    _address_argument(drain)
+    _token_argument(drain)
+    drain.set_defaults(func=run_drain)
+
+
+def _address_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pool",
+        metavar="ADDR",
+        default=DEFAULT_POOL_SERVICE,
+        help=f"pool service address (default {DEFAULT_POOL_SERVICE})",
+    )
+
+
+def _token_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--token",
+        metavar="REF",
+        default="env:IMESH_POOL_TOKEN",
+        help="the pool token, as env:NAME or file:PATH (default env:IMESH_POOL_TOKEN)",
+    )
+
+
+def resolve_token(ref: str) -> str:
+    """The token's value; exits naming the reference when it is malformed or unset."""
+    from pydantic import ValidationError
+
+    from adapters.config import SecretRef
+
+    try:
+        return SecretRef.model_validate(ref).resolve()
+    except ValidationError:
+        fail(f"--token: give a reference (env:NAME or file:PATH), not {ref[:4]}...", 2)
+    except (KeyError, OSError) as exc:
+        fail(f"--token: {exc}", 2)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from vllm_pool.config import PoolServiceConfig
+
+    resolve_token(args.token)
+    try:
+        config = PoolServiceConfig(
+            listen=args.listen, token=args.token, redis_url=args.redis, lease_s=args.lease_s
+        )
+    except ValidationError as exc:
+        fail(str(exc), 2)
+    return run(_serve(config))
+
+
+async def _serve(config: PoolServiceConfig) -> int:
+    from vllm_pool.server import start_pool_server
+
+    stop = stop_signal()
+    server = await start_pool_server(config)
+    where = "Redis" if config.redis_url else "memory"
+    print(f"pool service on {shown_address(config.listen, server.port)} (membership in {where})")
+    await stop
+    await server.stop()
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    response = run(_list(args.pool, resolve_token(args.token), args.pool_name))
+    if args.json:
+        from google.protobuf import json_format
+
+        print(json_format.MessageToJson(response, preserving_proto_field_name=True))
+    else:
+        print(render(response, now_ms=int(time.time() * 1000)))
+    return 0
+
+
+async def _list(address: str, token: str, pool: str) -> pool_service_pb2.ListReplicasResponse:
+    import grpc
+
+    from imesh.v1 import pool_service_pb2, pool_service_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pool_service_pb2_grpc.PoolServiceStub(channel)
+        try:
+            return await stub.ListReplicas(
+                pool_service_pb2.ListReplicasRequest(pool=pool),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as err:
+            fail(f"error: {err.code().name}: {err.details()}")
+
+
+def run_drain(args: argparse.Namespace) -> int:
+    run(_drain(args.pool, resolve_token(args.token), args.pool_name, args.replica))
+    print(f"replica {args.pool_name}/{args.replica} draining: no new requests")
+    return 0
+
+
+async def _drain(address: str, token: str, pool: str, replica: str) -> None:
+    import grpc
+
+    from imesh.v1 import pool_service_pb2, pool_service_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pool_service_pb2_grpc.PoolServiceStub(channel)
+        try:
+            await stub.Drain(
+                pool_service_pb2.DrainRequest(pool=pool, replica_id=replica),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as err:
+            fail(f"error: {err.code().name}: {err.details()}")
+
+
+def render(response: pool_service_pb2.ListReplicasResponse, *, now_ms: int) -> str:
+    """A table: one line per replica."""
+    from imesh.v1 import pool_service_pb2
+
+    states = {
+        pool_service_pb2.REPLICA_STATE_READY: "ready",
+        pool_service_pb2.REPLICA_STATE_DRAINING: "draining",
+    }
+    transports = {
+        pool_service_pb2.REPLICA_TRANSPORT_HTTP: "http",
+        pool_service_pb2.REPLICA_TRANSPORT_GRPC: "grpc",
+    }
+    header = ("POOL", "REPLICA", "STATE", "MODELS", "ADDRESS", "LABELS", "LEASE", "LOAD")
+    rows = [header]
+    for r in response.replicas:
+        spec, load = r.spec, r.load
+        rows.append(
+            (
+                spec.pool,
+                spec.replica_id,
+                states.get(r.state, "?"),
+                ",".join(spec.models),
+                f"{transports.get(spec.transport, '?')} {spec.address}",
+                ",".join(f"{k}={v}" for k, v in sorted(spec.labels.items())) or "-",
+                f"{max(0, now_ms - r.renewed_at_ms) / 1000:.1f}s/{r.lease_ms / 1000:.0f}s",
+                f"run={load.running} wait={load.waiting} kv={load.kv_cache_usage:.0%} "
+                f"prefix-hit={load.prefix_cache_hit_rate:.0%}",
+            )
+        )
+    if len(rows) == 1:
+        return "no replicas"
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in rows
+    )
