@@ -99,10 +99,7 @@ class KeyAuthenticator:
         return record
 
 
-def require_model(principal: Principal, model: str) -> None:
+def require_model(name: str, tenant: TenantConfig, model: str) -> None:
     """PERMISSION_DENIED unless the tenant may call `model` (a model or alias name)."""
-    if not principal.config.allows(model):
-        raise MeshError.of(
-            Reason.PERMISSION_DENIED,
-            f"tenant {principal.tenant!r} may not use model {model!r}",
-        )
+    if not tenant.allows(model):
+        raise MeshError.of(Reason.PERMISSION_DENIED, f"tenant {name!r} may not use model {model!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Literal
 
@@ -10,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from adapters.config import SecretRef
 
 MICROS_PER_USD = 1_000_000
+# Tenant names appear in Redis keys and hash tags.
+TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 OutageMode = Literal["fail_open", "fail_closed"]
 
@@ -108,6 +111,9 @@ class TenancySettings(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> TenancySettings:
+        for name in self.tenants:
+            if not TENANT_NAME.match(name):
+                raise ValueError(f"tenants.{name}: names are letters, digits, '_', '.', '-'")
         if self.redis_url is not None and self.key_secret is None:
             raise ValueError("key_secret is required with redis_url (every router must agree)")
         if self.redis_url is not None and any(t.demo_key for t in self.tenants.values()):

@@ -96,9 +96,9 @@ async def test_model_outside_the_tenants_list_is_permission_denied() -> None:
     issued = hasher.issue("team-a", now=1.0)
     await store.put(issued.record)
     principal = await KeyAuthenticator(hasher, store, TENANTS, cache_s=1).authenticate(issued.raw)
-    require_model(principal, "fast")
+    require_model(principal.tenant, principal.config, "fast")
     with pytest.raises(MeshError) as caught:
-        require_model(principal, "smart")
+        require_model(principal.tenant, principal.config, "smart")
     assert caught.value.reason is Reason.PERMISSION_DENIED
 
 
