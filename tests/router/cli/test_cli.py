@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from adapters.config import RemoteConfig
+from adapters.deadline import Deadline
 from adapters.remote import RemoteBackend
 from imesh.v1 import adapter_service_pb2, chat_pb2
 from router.cli.main import main
@@ -269,7 +270,8 @@ def _remote_text(address: str) -> str:
             )
         )
         try:
-            return "".join([e.content.text async for e in backend.chat(request, None)])
+            batches = backend.chat(request, Deadline.after(10))
+            return "".join([e.content.text async for batch in batches for e in batch])
         finally:
             await backend.aclose()
 
