@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from imesh.api import CallContext
 from imesh.errors import MeshError, Reason
 from imesh.v1 import events_pb2
+from router.admission import Ticket
 from router.breaker import CircuitBreaker
 from router.config import BreakerConfig
 from router.metrics import RouterMetrics
 from router.recorder import AttemptKind, AttemptRecord, Outcome, RequestOutcome, RequestRecord
-from router.scope import Caller
+from router.scope import Caller, RequestScope
+from router.service import ChatRouter
 from router.stats import StatsRegistry
+from tests.reliability.mesh_fakes import (
+    DEPLOYMENTS,
+    Script,
+    ScriptedBackend,
+    mesh_config,
+    unavailable,
+    user_input,
+)
 
 ALICE = Caller(key_id="k1", tenant="alice")
 
@@ -313,3 +326,141 @@ def test_metrics_output_passes_the_prometheus_parser() -> None:
         assert name in families, name
     assert families["imesh_requests"].type == "counter"
     assert families["imesh_request_duration_seconds"].type == "histogram"
+
+
+# -- the scripted scenario: the real router, a fake backend and admitter at their seams --
+
+
+class QuotaGate:
+    """An admitter that refuses with QUOTA_EXCEEDED while `closed`."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def admit(self, scope: RequestScope) -> Ticket:
+        if self.closed:
+            raise MeshError.of(Reason.QUOTA_EXCEEDED, "daily tokens used up", retry_after=60)
+        return _NoTicket()
+
+
+class _NoTicket:
+    def settle(self, usage: events_pb2.Usage) -> None:
+        return None
+
+    def release(self) -> None:
+        return None
+
+
+Sample = tuple[str, frozenset[tuple[str, str]]]
+
+
+def snapshot(registry: CollectorRegistry) -> dict[Sample, float]:
+    """Every counter and gauge sample, and every histogram's count (not its buckets)."""
+    out: dict[Sample, float] = {}
+    for family in registry.collect():
+        for s in family.samples:
+            if family.type == "histogram" and not s.name.endswith("_count"):
+                continue
+            if s.name.endswith("_created"):
+                continue
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def delta(before: dict[Sample, float], after: dict[Sample, float]) -> dict[str, float]:
+    """What moved, as "name{k=v,...}" -> change."""
+    moved: dict[str, float] = {}
+    for key in before.keys() | after.keys():
+        change = after.get(key, 0.0) - before.get(key, 0.0)
+        if change:
+            name, labels = key
+            moved[name + "{" + ",".join(f"{k}={v}" for k, v in sorted(labels)) + "}"] = change
+    return moved
+
+
+async def test_a_scripted_scenario_moves_the_metrics_exactly() -> None:
+    scripts = {
+        # dep-a: fails once, then serves the retry; then too slow for the hedge race.
+        "dep-a": [Script(fail_at=0, error=unavailable()), Script(), Script(ttft=5.0)],
+        "dep-b": [Script(tokens=("fast",))],
+        "dep-c": [Script(fail_at=0, error=unavailable())],
+    }
+    backends = {DEPLOYMENTS[d]: ScriptedBackend(*scripts.get(d, [])) for d in DEPLOYMENTS}
+    config = mesh_config(
+        {
+            "again": {"candidates": ["dep-a"], "retry": {"backoff_base_ms": 0}},
+            "down": {"candidates": ["dep-c"], "retry": {"max_attempts": 2, "backoff_base_ms": 0}},
+            "race": {
+                "candidates": ["dep-a", "dep-b"],
+                "hedging": {"enabled": True, "delay_ms": 20},
+            },
+        },
+        {"breaker": {"consecutive_failures": 2}},
+    )
+    gate = QuotaGate()
+    registry = CollectorRegistry()
+    m = RouterMetrics(
+        registry, models=config.aliases, deployments=[d.name for d in config.deployments]
+    )
+    router = ChatRouter(config, backends, sinks=[m], admitters=[gate])
+    m.watch(router.breakers, router.stats)
+
+    async def step(model: str) -> dict[str, float]:
+        before = snapshot(registry)
+        with contextlib.suppress(MeshError):
+            async for _ in router.chat_batches(user_input(model), CallContext()):
+                pass
+        return delta(before, snapshot(registry))
+
+    try:
+        retried = await step("again")
+        opened = await step("down")
+        hedged = await step("race")
+        gate.closed = True
+        refused = await step("race")
+    finally:
+        await router.aclose()
+
+    ok = "outcome=success"
+    assert retried == {
+        "imesh_attempts_total{deployment=dep-a,kind=primary,outcome=failure}": 1,
+        "imesh_attempts_total{deployment=dep-a,kind=retry,outcome=success}": 1,
+        "imesh_retries_total{deployment=dep-a,model=again}": 1,
+        # The failed attempt was sent the prompt: its estimate (8 tokens) is spent too.
+        "imesh_tokens_total{deployment=dep-a,kind=input,model=again,tenant=none}": 8 + 10,
+        "imesh_tokens_total{deployment=dep-a,kind=output,model=again,tenant=none}": 2,
+        # 18 prompt tokens at $1/M and 2 completion tokens at $2/M.
+        "imesh_cost_dollars_total{deployment=dep-a,model=again,tenant=none}": pytest.approx(22e-6),
+        f"imesh_requests_total{{deployment=dep-a,model=again,{ok},tenant=none}}": 1,
+        "imesh_request_duration_seconds_count{deployment=dep-a,model=again}": 1,
+        "imesh_time_to_first_token_seconds_count{deployment=dep-a,model=again}": 1,
+        "imesh_time_per_output_token_seconds_count{deployment=dep-a,model=again}": 1,
+        "imesh_router_overhead_seconds_count{}": 1,
+    }
+    assert opened == {
+        "imesh_attempts_total{deployment=dep-c,kind=primary,outcome=failure}": 1,
+        "imesh_attempts_total{deployment=dep-c,kind=retry,outcome=failure}": 1,
+        "imesh_retries_total{deployment=dep-c,model=down}": 1,
+        "imesh_tokens_total{deployment=dep-c,kind=input,model=down,tenant=none}": 2 * 8,
+        "imesh_cost_dollars_total{deployment=dep-c,model=down,tenant=none}": pytest.approx(16e-6),
+        "imesh_breaker_state{deployment=dep-c,state=closed}": -1,
+        "imesh_breaker_state{deployment=dep-c,state=open}": 1,
+        "imesh_breaker_transitions_total{deployment=dep-c,from=closed,to=open}": 1,
+        "imesh_requests_total{deployment=none,model=down,outcome=failure,tenant=none}": 1,
+        "imesh_request_errors_total{model=down,reason=ALL_ATTEMPTS_FAILED}": 1,
+        "imesh_router_overhead_seconds_count{}": 1,
+    }
+    # The hedge won; the primary it beat was cancelled, its prompt spent all the same
+    # (estimated: 8 tokens).
+    assert hedged["imesh_hedges_total{deployment=dep-b,model=race,result=launched}"] == 1
+    assert hedged["imesh_hedges_total{deployment=dep-b,model=race,result=won}"] == 1
+    assert hedged["imesh_attempts_total{deployment=dep-a,kind=primary,outcome=cancelled}"] == 1
+    assert hedged["imesh_attempts_total{deployment=dep-b,kind=hedge,outcome=success}"] == 1
+    assert hedged[f"imesh_requests_total{{deployment=dep-b,model=race,{ok},tenant=none}}"] == 1
+    assert hedged["imesh_tokens_total{deployment=dep-a,kind=input,model=race,tenant=none}"] == 8
+    assert refused == {
+        "imesh_rate_limit_rejections_total{reason=QUOTA_EXCEEDED,tenant=none}": 1,
+        "imesh_requests_total{deployment=none,model=race,outcome=failure,tenant=none}": 1,
+        "imesh_request_errors_total{model=race,reason=QUOTA_EXCEEDED}": 1,
+        "imesh_router_overhead_seconds_count{}": 1,
+    }
