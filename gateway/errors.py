@@ -83,6 +83,10 @@ def http_error(exc: BaseException) -> HttpError:
             (b"retry-after", str(max(0, math.ceil(delay))).encode()),
             (b"retry-after-ms", str(max(0, round(delay * 1000))).encode()),
         )
+    # A tenant's limit refusal carries OpenAI's x-ratelimit-* figures in its metadata.
+    headers += tuple(
+        (k.encode(), v.encode()) for k, v in err.metadata.items() if k.startswith("x-ratelimit-")
+    )
     return HttpError(status, body, headers)
 
 

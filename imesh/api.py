@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from imesh.v1 import chat_pb2, chat_service_pb2, events_pb2
+from imesh.v1 import chat_pb2, chat_service_pb2, events_pb2, usage_service_pb2
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +58,14 @@ class ChatAPI(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class UsageAPI(Protocol):
+    """A tenant's rolled-up usage, served in-process by the router's tenancy and over gRPC
+    (imesh.v1.UsageService) by `imesh.Client`. The caller's key names the tenant; no
+    caller sees another tenant's usage. Raises MeshError (UNAUTHENTICATED without a valid
+    key; UNIMPLEMENTED where the mesh runs without tenancy)."""
+
+    async def get_usage(
+        self, request: usage_service_pb2.GetUsageRequest, ctx: CallContext
+    ) -> usage_service_pb2.GetUsageResponse: ...

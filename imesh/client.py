@@ -14,7 +14,14 @@ import grpc
 
 from imesh.api import CallContext
 from imesh.errors import MeshError, Reason
-from imesh.v1 import chat_pb2, chat_service_pb2, chat_service_pb2_grpc, events_pb2
+from imesh.v1 import (
+    chat_pb2,
+    chat_service_pb2,
+    chat_service_pb2_grpc,
+    events_pb2,
+    usage_service_pb2,
+    usage_service_pb2_grpc,
+)
 
 T = TypeVar("T")
 _NO_CONTEXT = CallContext()
@@ -179,6 +186,22 @@ class Client:
             )
         except grpc.aio.AioRpcError as err:
             raise MeshError.from_rpc_error(err) from None
+
+    async def get_usage(
+        self, request: usage_service_pb2.GetUsageRequest, ctx: CallContext | None = None
+    ) -> usage_service_pb2.GetUsageResponse:
+        """The caller's tenant's usage (imesh.api.UsageAPI over imesh.v1.UsageService)."""
+        metadata, timeout = self._call_options(ctx)
+        self._chat_stub()  # opens the channel when this is the first call
+        assert self._channel is not None
+        stub = usage_service_pb2_grpc.UsageServiceStub(self._channel)
+        try:
+            response: usage_service_pb2.GetUsageResponse = await stub.GetUsage(
+                request, timeout=timeout, metadata=metadata
+            )
+        except grpc.aio.AioRpcError as err:
+            raise MeshError.from_rpc_error(err) from None
+        return response
 
     async def ready(self) -> bool:
         """The router answers its readiness check (grpc.health.v1 on the ChatService: some
