@@ -265,17 +265,33 @@ class SyncClient:
         self._pending: set[concurrent.futures.Future[Any]] = set()
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        settled = threading.Event()
+
+        async def until_settled() -> T:
+            try:
+                return await coro
+            finally:
+                settled.set()
+
         with self._lock:
             if self._closed:
                 coro.close()
                 raise client_closed()
-            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+            future = asyncio.run_coroutine_threadsafe(until_settled(), self._loop)
             self._pending.add(future)
         try:
             return future.result()
         except concurrent.futures.CancelledError:
             if self._closed:  # close() cancelled the call, or it never got to run
                 raise client_closed() from None
+            raise
+        except BaseException:
+            # Ctrl-C (or any exception raised into this thread) while the loop runs the
+            # coroutine: cancel it and wait until it has unwound, so the call ends now and
+            # nothing of it is still running when the caller cleans up (closing a stream
+            # whose read is still running would fail).
+            if future.cancel():
+                settled.wait(CLOSE_WAIT_S)
             raise
         finally:
             with self._lock:
