@@ -123,7 +123,7 @@ class TokenInterceptor(_ServerInterceptor):
     """Refuses every call whose `metadata_key` does not carry a token `checker` accepts.
 
     The refusal is UNAUTHENTICATED with `reason` in its ErrorInfo, sent before the request
-    is read or parsed. It is logged with the method and the peer, never with what was
+    is read or parsed. It is logged with the caller's address, never with what was
     presented. Methods of `open_services` (health, by default: kubelet probes carry no
     metadata, and health tells nothing) pass without a token.
     """
