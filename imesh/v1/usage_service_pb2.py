@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cimesh/v1/usage_service.proto\x12\x08imesh.v1\"7\n\x0fGetUsageRequest\x12\x12\n\nstart_date\x18\x01 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x02 \x01(\t\"g\n\x10GetUsageResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12 \n\x04rows\x18\x02 \x03(\x0b\x32\x12.imesh.v1.UsageRow\x12!\n\x05total\x18\x03 \x01(\x0b\x32\x12.imesh.v1.UsageRow\"\xb0\x01\n\x08UsageRow\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x03\x12\x17\n\x0f\x66\x61iled_attempts\x18\x04 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x03\x12\x15\n\rcached_tokens\x18\x07 \x01(\x03\x12\x13\n\x0b\x63ost_micros\x18\x08 \x01(\x03\x32Q\n\x0cUsageService\x12\x41\n\x08GetUsage\x12\x19.imesh.v1.GetUsageRequest\x1a\x1a.imesh.v1.GetUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cimesh/v1/usage_service.proto\x12\x08imesh.v1\"G\n\x0fGetUsageRequest\x12\x12\n\nstart_date\x18\x01 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"g\n\x10GetUsageResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12 \n\x04rows\x18\x02 \x03(\x0b\x32\x12.imesh.v1.UsageRow\x12!\n\x05total\x18\x03 \x01(\x0b\x32\x12.imesh.v1.UsageRow\"\xb0\x01\n\x08UsageRow\x12\x0c\n\x04\x64\x61te\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\x03\x12\x17\n\x0f\x66\x61iled_attempts\x18\x04 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x03\x12\x15\n\rcached_tokens\x18\x07 \x01(\x03\x12\x13\n\x0b\x63ost_micros\x18\x08 \x01(\x03\x32Q\n\x0cUsageService\x12\x41\n\x08GetUsage\x12\x19.imesh.v1.GetUsageRequest\x1a\x1a.imesh.v1.GetUsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,11 +32,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imesh.v1.usage_service_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETUSAGEREQUEST']._serialized_start=42
-  _globals['_GETUSAGEREQUEST']._serialized_end=97
-  _globals['_GETUSAGERESPONSE']._serialized_start=99
-  _globals['_GETUSAGERESPONSE']._serialized_end=202
-  _globals['_USAGEROW']._serialized_start=205
-  _globals['_USAGEROW']._serialized_end=381
-  _globals['_USAGESERVICE']._serialized_start=383
-  _globals['_USAGESERVICE']._serialized_end=464
+  _globals['_GETUSAGEREQUEST']._serialized_end=113
+  _globals['_GETUSAGERESPONSE']._serialized_start=115
+  _globals['_GETUSAGERESPONSE']._serialized_end=218
+  _globals['_USAGEROW']._serialized_start=221
+  _globals['_USAGEROW']._serialized_end=397
+  _globals['_USAGESERVICE']._serialized_start=399
+  _globals['_USAGESERVICE']._serialized_end=480
 # @@protoc_insertion_point(module_scope)

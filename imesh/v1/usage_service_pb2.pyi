@@ -24,21 +24,27 @@ class GetUsageRequest(_message.Message):
 
     START_DATE_FIELD_NUMBER: _builtins.int
     END_DATE_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     start_date: _builtins.str
     """First UTC day, "YYYY-MM-DD"; empty: today."""
     end_date: _builtins.str
     """Last UTC day, "YYYY-MM-DD", inclusive; empty: the start day. At most 366
     days from the start.
     """
+    tenant: _builtins.str
+    """Empty: the tenant of the caller's key. Another tenant's name needs the admin
+    key (PERMISSION_DENIED otherwise).
+    """
     def __init__(
         self,
         *,
         start_date: _builtins.str = ...,
         end_date: _builtins.str = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "start_date", b"start_date"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "start_date", b"start_date", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

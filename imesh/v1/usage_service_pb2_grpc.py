@@ -29,7 +29,7 @@ class UsageServiceStub:
     """A tenant's usage, rolled up per model and UTC day from one event per attempt
     (hedge losers and failed streams included). The caller's API key
     ("authorization: Bearer KEY" or "x-api-key") names the tenant: a caller sees
-    its own tenant's usage and no other's.
+    its own tenant's usage and no other's (the admin key may read any tenant's).
     """
 
     def __init__(self, channel):
@@ -49,7 +49,7 @@ class UsageServiceServicer:
     """A tenant's usage, rolled up per model and UTC day from one event per attempt
     (hedge losers and failed streams included). The caller's API key
     ("authorization: Bearer KEY" or "x-api-key") names the tenant: a caller sees
-    its own tenant's usage and no other's.
+    its own tenant's usage and no other's (the admin key may read any tenant's).
     """
 
     def GetUsage(self, request, context):
@@ -79,7 +79,7 @@ class UsageService:
     """A tenant's usage, rolled up per model and UTC day from one event per attempt
     (hedge losers and failed streams included). The caller's API key
     ("authorization: Bearer KEY" or "x-api-key") names the tenant: a caller sees
-    its own tenant's usage and no other's.
+    its own tenant's usage and no other's (the admin key may read any tenant's).
     """
 
     @staticmethod

@@ -30,7 +30,7 @@ class UsageServiceStub:
     """A tenant's usage, rolled up per model and UTC day from one event per attempt
     (hedge losers and failed streams included). The caller's API key
     ("authorization: Bearer KEY" or "x-api-key") names the tenant: a caller sees
-    its own tenant's usage and no other's.
+    its own tenant's usage and no other's (the admin key may read any tenant's).
     """
 
     @_typing.overload
@@ -45,7 +45,7 @@ class UsageServiceAsyncStub(UsageServiceStub):
     """A tenant's usage, rolled up per model and UTC day from one event per attempt
     (hedge losers and failed streams included). The caller's API key
     ("authorization: Bearer KEY" or "x-api-key") names the tenant: a caller sees
-    its own tenant's usage and no other's.
+    its own tenant's usage and no other's (the admin key may read any tenant's).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -56,7 +56,7 @@ class UsageServiceServicer(metaclass=_abc_1.ABCMeta):
     """A tenant's usage, rolled up per model and UTC day from one event per attempt
     (hedge losers and failed streams included). The caller's API key
     ("authorization: Bearer KEY" or "x-api-key") names the tenant: a caller sees
-    its own tenant's usage and no other's.
+    its own tenant's usage and no other's (the admin key may read any tenant's).
     """
 
     @_abc_1.abstractmethod

@@ -5,7 +5,8 @@ servicer is a thin shell over it."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import hmac
+from collections.abc import Callable, Collection
 from typing import Any
 
 import grpc
@@ -30,17 +31,20 @@ class TenantUsageAPI:
         authenticator: TenantAuthenticator,
         reader: UsageReader,
         *,
+        tenants: Collection[str],
+        admin_key: str | None,
         today: Callable[[], dt.date] | None = None,
     ) -> None:
         self._auth = authenticator
         self._reader = reader
+        self._tenants = frozenset(tenants)
+        self._admin_key = admin_key.encode() if admin_key else None
         self._today = today or (lambda: dt.datetime.now(dt.UTC).date())
 
     async def get_usage(
         self, request: usage_service_pb2.GetUsageRequest, ctx: CallContext
     ) -> usage_service_pb2.GetUsageResponse:
-        caller = await self._auth.authenticate(ctx.api_key)
-        assert caller.tenant is not None
+        tenant = await self._tenant(request.tenant, ctx.api_key)
         first = _day(request.start_date, "start_date") if request.start_date else self._today()
         last = _day(request.end_date, "end_date") if request.end_date else first
         if last < first:
@@ -48,16 +52,32 @@ class TenantUsageAPI:
         if (last - first).days >= MAX_DAYS:
             raise invalid_argument("end_date", f"at most {MAX_DAYS} days from start_date")
         try:
-            rows = await self._reader.usage(caller.tenant, first, last)
+            rows = await self._reader.usage(tenant, first, last)
         except StoreUnavailable:
             raise MeshError.of(
                 Reason.TENANCY_UNAVAILABLE, "usage cannot be read right now", retry_after=1.0
             ) from None
-        response = usage_service_pb2.GetUsageResponse(tenant=caller.tenant)
+        response = usage_service_pb2.GetUsageResponse(tenant=tenant)
         for row in rows:
             response.rows.append(_row(row))
             _add(response.total, row)
         return response
+
+    async def _tenant(self, asked: str, api_key: str | None) -> str:
+        """The tenant whose usage the caller may read: its key's own, or, with the admin
+        key, the one it names."""
+        admin = self._admin_key is not None and hmac.compare_digest(
+            (api_key or "").encode(), self._admin_key
+        )
+        if asked and admin:
+            if asked not in self._tenants:
+                raise invalid_argument("tenant", f"unknown tenant {asked!r}")
+            return asked
+        caller = await self._auth.authenticate(api_key)
+        assert caller.tenant is not None
+        if asked and asked != caller.tenant:
+            raise MeshError.of(Reason.PERMISSION_DENIED, "a key reads its own tenant's usage only")
+        return caller.tenant
 
 
 def _day(text: str, field_name: str) -> dt.date:

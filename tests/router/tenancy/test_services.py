@@ -59,7 +59,10 @@ async def routers(env: None, redis_client: aioredis.Redis) -> AsyncIterator[list
         tenancy = Tenancy.build(settings("IMESH_TEST_REDIS_URL"), mesh())
         await tenancy.start()
         server = grpc.aio.server()
-        UsageServicer(TenantUsageAPI(tenancy.authenticator, tenancy.usage)).add_to(server)
+        usage_api = TenantUsageAPI(
+            tenancy.authenticator, tenancy.usage, tenants=("team-a", "team-b"), admin_key=ADMIN
+        )
+        UsageServicer(usage_api).add_to(server)
         AdminServicer(tenancy.keys, ADMIN).add_to(server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -178,3 +181,12 @@ async def test_each_tenant_sees_its_own_usage_and_no_other(routers: list[Router]
     with pytest.raises(grpc.aio.AioRpcError) as anonymous:
         await routers[1].usage.GetUsage(today)
     assert anonymous.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as other:
+        await routers[1].usage.GetUsage(
+            usage_service_pb2.GetUsageRequest(tenant="team-b"), metadata=bearer(keys["team-a"])
+        )
+    assert other.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    by_admin = await routers[1].usage.GetUsage(
+        usage_service_pb2.GetUsageRequest(tenant="team-b"), metadata=bearer(ADMIN)
+    )
+    assert (by_admin.tenant, by_admin.total.prompt_tokens) == ("team-b", 50)
