@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from starlette.middleware import Middleware
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Route labels: the edge's fixed paths; anything else is "other" (never the raw path).
@@ -178,3 +181,27 @@ class MetricsEndpoint:
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeObservability:
+    """What the edge exposes, given by the composition root: metrics on `registry` (and
+    `GET /metrics` serving it), spans from `tracer_provider`. The default is both off:
+    the app then runs without the middleware."""
+
+    registry: CollectorRegistry | None = None
+    tracer_provider: trace.TracerProvider | None = None
+
+    def routes(self) -> list[Route]:
+        if self.registry is None:
+            return []
+        return [Route("/metrics", MetricsEndpoint(self.registry), methods=["GET"])]
+
+    def middleware(self) -> list[Middleware]:
+        if self.registry is None and self.tracer_provider is None:
+            return []
+        metrics = None if self.registry is None else EdgeMetrics(self.registry)
+        return [Middleware(EdgeTelemetry, metrics=metrics, tracer_provider=self.tracer_provider)]
+
+
+NO_OBSERVABILITY = EdgeObservability()
