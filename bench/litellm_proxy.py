@@ -1,15 +1,15 @@
-"""LiteLLM's proxy as a second, optional baseline: only when `litellm` is importable.
+"""LiteLLM's proxy as a peer measured beside the mesh: its config, command line and readiness.
 
-It is started in front of the same upstream, with one worker, and polled until it answers.
+It runs from the bench's cached virtual environment (bench/litellm_env.py) in front of the
+same upstream: one worker, no database, no retries, every remote fetch turned off.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import socket
-import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,17 +18,21 @@ from bench.processes import BenchError, ServerProcess
 
 MODEL_ALIAS = "bench"
 READY_PATH = "/health/liveliness"
-# LiteLLM otherwise fetches its model price map from the network at start.
-OFFLINE_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
-
-
-def unavailable() -> str | None:
-    """Why LiteLLM cannot be measured here, or None when it can."""
-    return None if importlib.util.find_spec("litellm") is not None else "not installed"
+# LiteLLM otherwise fetches its price map, blog posts, beta headers, policy templates and
+# router presets from the network (at start and on some routes); the bundled copies do.
+OFFLINE_ENV = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "LITELLM_LOCAL_BLOG_POSTS": "True",
+    "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS": "True",
+    "LITELLM_LOCAL_POLICY_TEMPLATES": "True",
+    "LITELLM_LOCAL_AUTOROUTER_PRESETS": "True",
+    "LITELLM_TELEMETRY": "False",
+    "LITELLM_LOG": "ERROR",
+}
 
 
 def config(upstream_url: str, upstream_model: str) -> dict[str, Any]:
-    """A proxy config with one model on the upstream (the upstream checks no key)."""
+    """One model on the upstream (which checks no key); no retries anywhere."""
     return {
         "model_list": [
             {
@@ -37,9 +41,12 @@ def config(upstream_url: str, upstream_model: str) -> dict[str, Any]:
                     "model": f"openai/{upstream_model}",
                     "api_base": upstream_url,
                     "api_key": "no-key-needed",
+                    "max_retries": 0,
                 },
             }
-        ]
+        ],
+        "litellm_settings": {"num_retries": 0, "telemetry": False},
+        "router_settings": {"num_retries": 0},
     }
 
 
@@ -51,10 +58,10 @@ def free_port() -> int:
         return port
 
 
-def argv(config_path: str, port: int) -> list[str]:
+def argv(python: Path, config_path: str, port: int) -> list[str]:
     run = "from litellm.proxy.proxy_cli import run_server; run_server()"
     return [
-        sys.executable,
+        str(python),
         "-c",
         run,
         "--config",

@@ -22,7 +22,8 @@ class BenchError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Pinning:
-    """Which CPU the load generator runs on and which one the servers share (None: unpinned)."""
+    """Which CPU the load generator and the upstream share and which one the server under
+    test has to itself (None: unpinned)."""
 
     client_cpu: int | None
     server_cpu: int | None
@@ -41,7 +42,8 @@ class Pinning:
         return cls(
             client,
             server,
-            f"pinning: load generator on cpu {client}; upstream and mesh on cpu {server}",
+            f"pinning: load generator and upstream on cpu {client}; server under test on "
+            f"cpu {server}",
         )
 
 
@@ -52,7 +54,31 @@ def pin(pid: int, cpu: int | None) -> None:
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of every thread of process `pid`; None where /proc is absent."""
+    """CPU time of every live thread of process `pid`, in seconds; None where /proc is absent.
+
+    The scheduler's own count (/proc/PID/task/TID/schedstat, nanoseconds) where the kernel
+    keeps it: /proc/PID/stat counts in clock ticks (10 ms), too coarse for a window that
+    spends under a second of CPU. A thread that ends inside a window takes its time with it;
+    the servers measured here keep their threads for their lifetime.
+    """
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    total_ns = 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as f:
+                total_ns += int(f.read().split()[0])
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+        except (OSError, ValueError, IndexError):
+            return _stat_cpu_seconds(pid)
+    return total_ns / 1e9
+
+
+def _stat_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process `pid` from /proc/PID/stat, in clock ticks."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
             fields = f.read().rpartition(")")[2].split()
@@ -60,6 +86,18 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     # After the ")" closing the command name, utime and stime are the 12th and 13th fields.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of process `pid` (VmRSS); None where /proc is absent or it exited."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        return None
+    return None
 
 
 class ServerProcess:
@@ -128,6 +166,9 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float | None:
         return cpu_seconds(self.pid)
+
+    def rss_bytes(self) -> int | None:
+        return rss_bytes(self.pid)
 
     def stderr_tail(self, lines: int = 20) -> str:
         with contextlib.suppress(OSError, ValueError):

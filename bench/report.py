@@ -1,11 +1,12 @@
-"""The benchmark's numbers: percentiles, per-path summaries, the comparison to the baseline,
-as a markdown table and as JSON."""
+"""The benchmark's numbers: per-scenario measurements of each subject in each round, the
+figures a subject is judged by (the median over rounds), and their JSON form."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+import statistics
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from bench.load import LoadResult
 
 # Above this share of its core, the load generator, not the server, limits throughput.
 CLIENT_BOUND = 0.9
+MIB = 1024 * 1024
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -45,8 +47,9 @@ class Percentiles:
 
 @dataclass(frozen=True, slots=True)
 class Measurement:
-    """One load run on one path, summarized."""
+    """One scenario run once against one subject."""
 
+    scenario: str
     requests: int
     concurrency: int
     stream: bool
@@ -57,22 +60,26 @@ class Measurement:
     rps: float
     latency_ms: Percentiles | None
     ttft_ms: Percentiles | None
+    # Completion tokens of every successful answer, summed: the tokens relayed.
+    tokens: int
     # Distinct token counts the answers reported (one value when every answer agrees).
     prompt_tokens: list[int]
     completion_tokens: list[int]
     edge_overhead_ms: Percentiles | None
-    # CPU time per request of each process ("client", "upstream", "mesh", ...), in ms.
-    cpu_ms_per_request: dict[str, float]
+    # CPU seconds each process spent over the run ("client", "upstream", "mesh", ...).
+    cpu_s: dict[str, float]
     # Share of the wall time the load generator spent on CPU: near 1, it set the pace.
     client_busy: float
 
     @classmethod
-    def of(cls, run: LoadResult, stream: bool, server_cpu_s: Mapping[str, float]) -> Measurement:
+    def of(
+        cls, scenario: str, run: LoadResult, stream: bool, cpu_s: Mapping[str, float]
+    ) -> Measurement:
         samples = run.samples
         overheads = [s.edge_overhead_ms / 1000.0 for s in samples if s.edge_overhead_ms is not None]
         ok = len(samples)
-        cpu = {"client": run.client_cpu_s, **server_cpu_s}
         return cls(
+            scenario=scenario,
             requests=run.requests,
             concurrency=run.concurrency,
             stream=stream,
@@ -83,135 +90,135 @@ class Measurement:
             rps=ok / run.wall_s if run.wall_s > 0 else 0.0,
             latency_ms=Percentiles.of_seconds([s.latency_s for s in samples]),
             ttft_ms=Percentiles.of_seconds([s.ttft_s for s in samples if s.ttft_s is not None]),
+            tokens=sum(s.completion_tokens for s in samples),
             prompt_tokens=sorted({s.prompt_tokens for s in samples}),
             completion_tokens=sorted({s.completion_tokens for s in samples}),
             edge_overhead_ms=Percentiles.of_seconds(overheads),
-            cpu_ms_per_request={k: v * 1000.0 / max(ok, 1) for k, v in cpu.items()},
+            cpu_s={"client": run.client_cpu_s, **cpu_s},
             client_busy=run.client_cpu_s / run.wall_s if run.wall_s > 0 else 0.0,
         )
 
+    def cpu_ms_per_request(self, process: str) -> float | None:
+        spent = self.cpu_s.get(process)
+        return None if spent is None or self.ok == 0 else spent * 1000.0 / self.ok
+
+    def cpu_us_per_token(self, process: str) -> float | None:
+        spent = self.cpu_s.get(process)
+        return None if spent is None or self.tokens == 0 else spent * 1e6 / self.tokens
+
 
 @dataclass(frozen=True, slots=True)
-class PathReport:
-    """One path measured three ways: latency and TTFT one call at a time, then throughput."""
+class Round:
+    """Every scenario once, with the server's resident memory before, at most during, after."""
 
+    index: int
+    measurements: dict[str, Measurement]
+    rss_idle: int | None
+    rss_peak: int | None
+    rss_after: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """What a subject is judged by, each the median over rounds (None: not measured).
+    Milliseconds, except CPU per token (microseconds) and RSS (bytes, one per round)."""
+
+    latency_p50: float | None = None
+    latency_p99: float | None = None
+    ttft_p50: float | None = None
+    rps: float | None = None
+    cpu_ms_per_request: float | None = None
+    cpu_us_per_token: float | None = None
+    rss_idle: list[int | None] = field(default_factory=list)
+    rss_peak: list[int | None] = field(default_factory=list)
+    rss_after: list[int | None] = field(default_factory=list)
+
+
+def round_figures(r: Round, server: str) -> Figures:
+    """One round's figures; scenarios: latency, throughput, ttft, tokens."""
+    m = r.measurements
+    lat = m["latency"].latency_ms if "latency" in m else None
+    ttft = m["ttft"].ttft_ms if "ttft" in m else None
+    thr = m.get("throughput")
+    tok = m.get("tokens")
+    return Figures(
+        latency_p50=lat.p50 if lat else None,
+        latency_p99=lat.p99 if lat else None,
+        ttft_p50=ttft.p50 if ttft else None,
+        rps=thr.rps if thr else None,
+        cpu_ms_per_request=thr.cpu_ms_per_request(server) if thr else None,
+        cpu_us_per_token=tok.cpu_us_per_token(server) if tok else None,
+        rss_idle=[r.rss_idle],
+        rss_peak=[r.rss_peak],
+        rss_after=[r.rss_after],
+    )
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectReport:
+    """One path measured over rounds: a server (or the upstream itself) behind a client."""
+
+    key: str
     name: str
     description: str
-    # The process whose CPU the table shows for this path ("upstream", "mesh", ...).
+    # The process whose CPU and memory are this subject's ("mesh", "relay", ...).
     server: str
-    latency: Measurement
-    ttft: Measurement
-    throughput: Measurement
+    rounds: list[Round]
+    notes: list[str] = field(default_factory=list)
+
+    def figures(self) -> Figures:
+        per_round = [round_figures(r, self.server) for r in self.rounds]
+
+        def med(get: Callable[[Figures], float | None]) -> float | None:
+            return _median([get(f) for f in per_round])
+
+        return Figures(
+            latency_p50=med(lambda f: f.latency_p50),
+            latency_p99=med(lambda f: f.latency_p99),
+            ttft_p50=med(lambda f: f.ttft_p50),
+            rps=med(lambda f: f.rps),
+            cpu_ms_per_request=med(lambda f: f.cpu_ms_per_request),
+            cpu_us_per_token=med(lambda f: f.cpu_us_per_token),
+            rss_idle=[r.rss_idle for r in self.rounds],
+            rss_peak=[r.rss_peak for r in self.rounds],
+            rss_after=[r.rss_after for r in self.rounds],
+        )
 
     @property
-    def measurements(self) -> tuple[Measurement, Measurement, Measurement]:
-        return self.latency, self.ttft, self.throughput
-
-
-@dataclass(frozen=True, slots=True)
-class Comparison:
-    """What a path adds over the baseline, at p50, one call at a time."""
-
-    path: str
-    baseline: str
-    added_latency_ms: float
-    latency_ratio: float
-    added_ttft_ms: float
-    ttft_ratio: float
-    rps_ratio: float
-
-    @classmethod
-    def of(cls, path: PathReport, baseline: PathReport) -> Comparison | None:
-        lat, base_lat = path.latency.latency_ms, baseline.latency.latency_ms
-        ttft, base_ttft = path.ttft.ttft_ms, baseline.ttft.ttft_ms
-        if lat is None or base_lat is None or ttft is None or base_ttft is None:
-            return None
-        base_rps = baseline.throughput.rps
-        return cls(
-            path=path.name,
-            baseline=baseline.name,
-            added_latency_ms=lat.p50 - base_lat.p50,
-            latency_ratio=lat.p50 / base_lat.p50,
-            added_ttft_ms=ttft.p50 - base_ttft.p50,
-            ttft_ratio=ttft.p50 / base_ttft.p50,
-            rps_ratio=path.throughput.rps / base_rps if base_rps > 0 else 0.0,
-        )
+    def errors(self) -> int:
+        return sum(m.errors for r in self.rounds for m in r.measurements.values())
 
 
 @dataclass(slots=True)
 class BenchReport:
     settings: dict[str, Any]
     environment: dict[str, Any]
-    paths: list[PathReport] = field(default_factory=list)
-    comparisons: list[Comparison] = field(default_factory=list)
-    # Paths not measured, with why (e.g. {"litellm": "not installed"}).
+    subjects: list[SubjectReport] = field(default_factory=list)
+    # Paths not measured, with why (e.g. {"litellm": "disabled (--no-litellm)"}).
     skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
     total_s: float = 0.0
+
+    def subject(self, key: str) -> SubjectReport | None:
+        return next((s for s in self.subjects if s.key == key), None)
+
+    def figures(self) -> dict[str, Figures]:
+        return {s.key: s.figures() for s in self.subjects}
 
     @property
     def all_ok(self) -> bool:
-        return all(m.errors == 0 for p in self.paths for m in p.measurements)
+        return all(s.errors == 0 for s in self.subjects)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["figures"] = {k: asdict(f) for k, f in self.figures().items()}
+        return data
 
-    def write_json(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def _pct(values: Percentiles | None, which: str) -> str:
-    return "-" if values is None else f"{getattr(values, which):.2f}"
-
-
-def to_markdown(report: BenchReport) -> str:
-    """The table (one row per path) and the lines that qualify it."""
-    s = report.settings
-    conc = s["concurrency"]
-    added = {c.path: c for c in report.comparisons}
-    lines = [
-        f"| path | p50 ms | p90 ms | p99 ms | TTFT p50 ms | RPS @{conc} | added p50 ms "
-        f"| x p50 | added TTFT ms | edge header p50 ms | server CPU ms/req @{conc} |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for p in report.paths:
-        lat, ttft, thr = p.latency.latency_ms, p.ttft.ttft_ms, p.throughput
-        c = added.get(p.name)
-        vs_baseline = (
-            f"{c.added_latency_ms:.2f} | {c.latency_ratio:.2f} | {c.added_ttft_ms:.2f}"
-            if c is not None
-            else "- | - | -"
-        )
-        lines.append(
-            f"| {p.name} | {_pct(lat, 'p50')} | {_pct(lat, 'p90')} | {_pct(lat, 'p99')} "
-            f"| {_pct(ttft, 'p50')} | {thr.rps:.0f} | {vs_baseline} "
-            f"| {_pct(p.latency.edge_overhead_ms, 'p50')} "
-            f"| {_ms(thr.cpu_ms_per_request.get(p.server))} |"
-        )
-    lines.append("")
-    lines.append(
-        f"{s['requests']} requests per measurement after {s['warmup']} warm-up; latency and "
-        f"TTFT one call at a time (TTFT: streaming), RPS non-streaming at concurrency {conc}; "
-        f"{s['tokens']} completion tokens per answer."
-    )
-    lines.append(
-        "added: p50 minus the baseline's p50; server CPU: the path's own server process "
-        "(the mesh row excludes the upstream's)."
-    )
-    lines.append(str(report.environment.get("pinning", "")))
-    for p in report.paths:
-        if p.throughput.client_busy >= CLIENT_BOUND:
-            lines.append(
-                f"{p.name}: RPS bounded by the load generator (its core "
-                f"{p.throughput.client_busy:.0%} busy, "
-                f"{p.throughput.cpu_ms_per_request['client']:.2f} ms CPU per request)"
-            )
-    for name, why in report.skipped.items():
-        lines.append(f"{name}: {why}, skipped")
-    errors = [(p.name, m) for p in report.paths for m in p.measurements if m.errors]
-    for name, m in errors:
-        lines.append(f"ERRORS on {name}: {m.errors}/{m.requests}: {'; '.join(m.first_errors)}")
-    return "\n".join(lines)
+    def write_json(self, path: str | Path, extra: Mapping[str, Any] | None = None) -> None:
+        data = {**self.to_dict(), **(extra or {})}
+        Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

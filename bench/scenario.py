@@ -1,52 +1,118 @@
-"""The standard benchmark: upstream direct (baseline), then the mesh's REST edge and gRPC API
-in front of the same upstream, each server in its own process; every process stopped at the end.
-"""
+"""The standard benchmark: the upstream called directly (the zero baseline), the minimal
+relay, a bare gRPC hop, the mesh (REST edge and gRPC API, in each observability mode) and
+LiteLLM's proxy, all in front of one upstream, each server in its own process. Rounds
+interleave the subjects so a change in the machine's load hits them all alike; every
+process started here is stopped before `run_scenario` returns."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
-from functools import partial
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
-from bench import litellm_proxy
-from bench.load import GrpcTarget, HttpTarget, Target, run_load
+from bench import grpc_relay, litellm_proxy, minimal_relay, otlp_stub, targets
+from bench.environment import describe_environment
+from bench.litellm_env import LiteLLMEnv
+from bench.load import Call, GrpcTarget, HttpTarget, Sample, Target, run_load
+from bench.mesh_modes import MeshMode
 from bench.processes import BenchError, Pinning, ServerProcess, pin
-from bench.report import BenchReport, Comparison, Measurement, PathReport
-from bench.upstream import READY_PREFIX
+from bench.report import BenchReport, Measurement, Round, SubjectReport, round_figures
+from bench.upstream import READY_PREFIX, TOKEN_CHARS
 
 UPSTREAM_MODEL = "bench-model"
 MESH_ALIAS = "bench"
 ROUTER_READY = "router gRPC on "
 EDGE_READY = "edge HTTP on "
+RSS_SAMPLE_S = 0.05
 
 Log = Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
 class BenchSettings:
-    requests: int = 500
+    requests: int = 200  # per one-at-a-time scenario (latency, TTFT)
+    throughput_requests: int = 400
     concurrency: int = 32
-    tokens: int = 16
-    warmup: int = 50
+    tokens: int = 16  # answer length, except in token streaming
+    stream_tokens: int = 256
+    streams: int = 16
+    stream_waves: int = 2
+    rounds: int = 3
+    warmup: int = 20
     pin: bool = True
     litellm: bool = True
+    mesh_modes: tuple[MeshMode, ...] = tuple(MeshMode)
     startup_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
-        for name in ("requests", "concurrency", "tokens"):
+        for name in (
+            "requests",
+            "throughput_requests",
+            "concurrency",
+            "tokens",
+            "stream_tokens",
+            "streams",
+            "stream_waves",
+            "rounds",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.warmup < 0:
             raise ValueError("warmup must be >= 0")
+        if MeshMode.DEFAULT not in self.mesh_modes:
+            raise ValueError("the default mesh mode is always measured")
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    call: Call
+    requests: int
+    concurrency: int
+
+    def expected_tokens(self, settings: BenchSettings) -> int:
+        return self.call.max_tokens or settings.stream_tokens
+
+
+def scenarios(settings: BenchSettings) -> tuple[Scenario, ...]:
+    """Non-streaming at concurrency 1 and N, streaming TTFT at 1, then token streaming."""
+    short_plain, short_stream = Call(False, settings.tokens), Call(True, settings.tokens)
+    return (
+        Scenario("latency", short_plain, settings.requests, 1),
+        Scenario("throughput", short_plain, settings.throughput_requests, settings.concurrency),
+        Scenario("ttft", short_stream, settings.requests, 1),
+        Scenario("tokens", Call(True), settings.streams * settings.stream_waves, settings.streams),
+    )
+
+
+@dataclass(slots=True)
+class Subject:
+    """One path under measurement: a client target, the process it measures, and the other
+    processes whose CPU is recorded beside it."""
+
+    key: str
+    name: str
+    description: str
+    server: str
+    target: Target
+    processes: Mapping[str, ServerProcess]
+    rounds: list[Round] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def report(self) -> SubjectReport:
+        return SubjectReport(
+            self.key, self.name, self.description, self.server, self.rounds, self.notes
+        )
 
 
 def mesh_config(upstream_url: str) -> dict[str, Any]:
@@ -61,189 +127,356 @@ def mesh_config(upstream_url: str) -> dict[str, Any]:
     }
 
 
+class Servers:
+    """The child processes of one run, each pinned where the plan says; all stopped by
+    `stop_all()` whatever happened."""
+
+    def __init__(self, pinning: Pinning, timeout_s: float) -> None:
+        self._pinning = pinning
+        self._timeout = timeout_s
+        self.started: list[ServerProcess] = []
+        # (process name, ready prefix) -> the address its ready line announced
+        self.addresses: dict[tuple[str, str], str] = {}
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        under_test: bool,
+        env: Mapping[str, str] | None = None,
+    ) -> ServerProcess:
+        cpu = self._pinning.server_cpu if under_test else self._pinning.client_cpu
+        proc = ServerProcess(name, argv, cpu=cpu, env=env)
+        self.started.append(proc)  # at once: stop_all() stops it whatever happens next
+        return proc
+
+    async def address(self, proc: ServerProcess, prefix: str) -> str:
+        """What `proc` announced after `prefix` (waited for the first time)."""
+        key = (proc.name, prefix)
+        if key not in self.addresses:
+            line = await proc.wait_line(prefix, self._timeout)
+            self.addresses[key] = line[len(prefix) :]
+        return self.addresses[key]
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            proc.stop()
+
+
 async def run_scenario(settings: BenchSettings, log: Log = lambda _: None) -> BenchReport:
-    """Measure every path; raises BenchError when a server does not start or a path fails
-    every warm-up request. Every process started here is stopped before this returns."""
+    """Measure every subject over `settings.rounds` rounds; BenchError when a server does not
+    start, LiteLLM cannot be installed, or a path fails every warm-up request."""
     t0 = time.perf_counter()
     pinning = Pinning.plan(settings.pin)
-    report = BenchReport(settings=asdict(settings), environment=_environment(pinning))
+    report = BenchReport(settings=_settings_dict(settings), environment={})
     log(pinning.note)
-    procs: list[ServerProcess] = []
     original_cpus = os.sched_getaffinity(0) if pinning.client_cpu is not None else None
-    timeout = settings.startup_timeout_s
+    servers = Servers(pinning, settings.startup_timeout_s)
+    subjects: list[Subject] = []
     try:
         pin(0, pinning.client_cpu)
+        litellm_python = None
+        if settings.litellm:
+            env = LiteLLMEnv()
+            if not env.installed():
+                log(f"installing LiteLLM into {env.path} (once; later runs reuse it)")
+            litellm_python = env.ensure()
+        else:
+            report.skipped[targets.LITELLM] = "disabled (--no-litellm)"
+        report.environment = describe_environment(pinning, litellm_python)
         with tempfile.TemporaryDirectory(prefix="imesh-bench-") as tmp:
-            log(f"starting the upstream ({settings.tokens} tokens per answer)")
-            upstream = _start(procs, "upstream", _upstream_argv(settings.tokens), pinning)
-            upstream_url = (await upstream.wait_line(READY_PREFIX, timeout))[len(READY_PREFIX) :]
-            upstream_url += "/v1"
-
-            log("starting the mesh (imesh up)")
-            config_path = _write_yaml(Path(tmp, "mesh.yaml"), mesh_config(upstream_url))
-            mesh = _start(procs, "mesh", _mesh_argv(str(config_path)), pinning)
-            router = (await mesh.wait_line(ROUTER_READY, timeout))[len(ROUTER_READY) :]
-            edge_url = (await mesh.wait_line(EDGE_READY, timeout))[len(EDGE_READY) :] + "/v1"
-
-            servers = {"upstream": upstream}
-            baseline = await measure_path(
-                "upstream direct (baseline)",
-                "httpx → upstream",
-                "upstream",
-                HttpTarget(upstream_url, UPSTREAM_MODEL, connections=settings.concurrency),
-                settings,
-                servers,
-                log,
+            subjects = await _start_subjects(
+                servers, settings, Path(tmp), litellm_python, report.skipped, log
             )
-            report.paths.append(baseline)
-            servers = {"mesh": mesh, "upstream": upstream}
-            report.paths.append(
-                await measure_path(
-                    "mesh REST edge",
-                    "httpx → edge → in-process router → adapter → upstream",
-                    "mesh",
-                    HttpTarget(edge_url, MESH_ALIAS, connections=settings.concurrency),
-                    settings,
-                    servers,
-                    log,
-                )
-            )
-            report.paths.append(
-                await measure_path(
-                    "mesh gRPC (imesh.Client)",
-                    "imesh.Client → router gRPC → adapter → upstream",
-                    "mesh",
-                    GrpcTarget(router, MESH_ALIAS),
-                    settings,
-                    servers,
-                    log,
-                )
-            )
-            mesh.stop()  # its core is the servers' core: LiteLLM gets it to itself
-
-            why = litellm_proxy.unavailable() if settings.litellm else "disabled (--no-litellm)"
-            if why is None:
-                path = await _measure_litellm(
-                    procs, upstream, upstream_url, tmp, settings, pinning, log
-                )
-                report.paths.append(path)
-            else:
-                report.skipped["litellm"] = why
-                log(f"litellm: {why}, skipped")
-        report.comparisons = [
-            c for p in report.paths[1:] if (c := Comparison.of(p, baseline)) is not None
-        ]
+            for subject in subjects:
+                await warm_up(subject, scenarios(settings), settings, log)
+            for index in range(settings.rounds):
+                log(f"round {index + 1}/{settings.rounds}")
+                for subject in subjects:
+                    r = await measure_round(subject, index, scenarios(settings), settings)
+                    subject.rounds.append(r)
+                    _log_round(subject, log)
+            collector = next((p for p in servers.started if p.name == "otlp-stub"), None)
+            if collector is not None:
+                report.notes.append(await _collector_note(servers, collector))
     finally:
-        for proc in reversed(procs):
-            proc.stop()
-        report.environment["processes"] = {proc.name: proc.pid for proc in procs}
+        for subject in subjects:
+            with contextlib.suppress(Exception):  # closing a client must not hide the cause
+                await subject.target.aclose()
+        servers.stop_all()
+        report.environment["processes"] = {p.name: p.pid for p in servers.started}
         if original_cpus is not None:
             os.sched_setaffinity(0, original_cpus)
+    report.subjects = [s.report() for s in subjects]
     report.total_s = time.perf_counter() - t0
     return report
 
 
-async def measure_path(
-    name: str,
-    description: str,
-    server: str,
-    target: Target,
+async def _start_subjects(
+    servers: Servers,
     settings: BenchSettings,
-    servers: Mapping[str, ServerProcess],
+    tmp: Path,
+    litellm_python: Path | None,
+    skipped: dict[str, str],
     log: Log,
-) -> PathReport:
-    """Warm-up, then latency and TTFT one call at a time, then throughput at concurrency."""
-    n, conc = settings.requests, settings.concurrency
-    try:
-        if settings.warmup:
-            log(f"{name}: warm-up")
-            for stream in (False, True):
-                warm = await run_load(partial(target.call, stream), settings.warmup, conc)
-                if not warm.samples:
-                    raise BenchError(f"{name}: every warm-up request failed: {warm.first_errors}")
-        log(f"{name}: latency, {n} requests one at a time")
-        latency = await _measure(target, False, n, 1, servers)
-        log(f"{name}: streaming TTFT, {n} requests one at a time")
-        ttft = await _measure(target, True, n, 1, servers)
-        log(f"{name}: throughput, {n} requests at concurrency {conc}")
-        throughput = await _measure(target, False, n, conc, servers)
-    finally:
-        await target.aclose()
-    return PathReport(name, description, server, latency, ttft, throughput)
+) -> list[Subject]:
+    py = sys.executable
+    connections = max(settings.concurrency, settings.streams)
+    log(f"starting the upstream ({settings.stream_tokens} tokens unless max_tokens says less)")
+    upstream = servers.start(
+        "upstream",
+        [py, "-m", "bench.upstream", "--tokens", str(settings.stream_tokens)],
+        under_test=False,
+    )
+    upstream_url = await servers.address(upstream, READY_PREFIX) + "/v1"
+
+    def http(url: str, model: str) -> HttpTarget:
+        return HttpTarget(url, model, connections=connections)
+
+    subjects = [
+        Subject(
+            targets.DIRECT,
+            "upstream direct (zero baseline)",
+            "httpx → upstream",
+            "upstream",
+            http(upstream_url, UPSTREAM_MODEL),
+            {"upstream": upstream},
+        )
+    ]
+    log("starting the minimal relay and the bare gRPC hop")
+    relay = servers.start(
+        "relay", [py, "-m", "bench.minimal_relay", "--upstream", upstream_url], under_test=True
+    )
+    hop = servers.start(
+        "grpc-hop",
+        [py, "-m", "bench.grpc_relay", "--upstream", upstream_url, "--model", UPSTREAM_MODEL],
+        under_test=True,
+    )
+    relay_url = await servers.address(relay, minimal_relay.READY_PREFIX) + "/v1"
+    hop_address = await servers.address(hop, grpc_relay.READY_PREFIX)
+    subjects.append(
+        Subject(
+            targets.RELAY,
+            "minimal relay (floor)",
+            "httpx → aiohttp server + client, orjson per event → upstream",
+            "relay",
+            http(relay_url, UPSTREAM_MODEL),
+            {"relay": relay, "upstream": upstream},
+        )
+    )
+    subjects.append(
+        Subject(
+            targets.GRPC_HOP,
+            "bare grpc.aio hop (floor)",
+            "imesh.Client → grpc.aio ChatService → aiohttp → upstream",
+            "grpc-hop",
+            GrpcTarget(hop_address, MESH_ALIAS),
+            {"grpc-hop": hop, "upstream": upstream},
+        )
+    )
+    config_path = _write_yaml(tmp / "mesh.yaml", mesh_config(upstream_url))
+    for mode in settings.mesh_modes:
+        collector_url = None
+        if mode.needs_collector:
+            stub = servers.start("otlp-stub", [py, "-m", "bench.otlp_stub"], under_test=False)
+            collector_url = await servers.address(stub, otlp_stub.READY_PREFIX)
+        name = "mesh" if mode is MeshMode.DEFAULT else f"mesh-{mode.value}"
+        log(f"starting the mesh (imesh up, {mode.label})")
+        mesh = servers.start(
+            name, _mesh_argv(str(config_path)), under_test=True, env=mode.environment(collector_url)
+        )
+        try:
+            router = await servers.address(mesh, ROUTER_READY)
+            edge_url = await servers.address(mesh, EDGE_READY) + "/v1"
+        except BenchError as exc:
+            if mode is MeshMode.DEFAULT:
+                raise
+            # A mode the mesh cannot run in (say, tracing without its extra) is a finding,
+            # not the end of the run.
+            skipped[f"{targets.MESH}[{mode.value}]"] = f"did not start: {exc}"
+            log(f"the mesh did not start in mode {mode.value}, skipped")
+            continue
+        tracked = {name: mesh, "upstream": upstream}
+        if mode is MeshMode.DEFAULT:
+            subjects.append(
+                Subject(
+                    targets.MESH,
+                    "mesh REST edge",
+                    "httpx → edge → in-process router → adapter → upstream",
+                    name,
+                    http(edge_url, MESH_ALIAS),
+                    tracked,
+                )
+            )
+            subjects.append(
+                Subject(
+                    targets.MESH_GRPC,
+                    "mesh gRPC (imesh.Client)",
+                    "imesh.Client → router gRPC → adapter → upstream",
+                    name,
+                    GrpcTarget(router, MESH_ALIAS),
+                    tracked,
+                )
+            )
+        else:
+            subjects.append(
+                Subject(
+                    f"{targets.MESH}[{mode.value}]",
+                    f"mesh REST edge, {mode.label}",
+                    "httpx → edge → in-process router → adapter → upstream",
+                    name,
+                    http(edge_url, MESH_ALIAS),
+                    tracked,
+                )
+            )
+    if litellm_python is not None:
+        log("starting LiteLLM proxy (1 worker, no DB, no retries)")
+        litellm_config = litellm_proxy.config(upstream_url, UPSTREAM_MODEL)
+        path = _write_yaml(tmp / "litellm.yaml", litellm_config)
+        port = litellm_proxy.free_port()
+        proc = servers.start(
+            "litellm",
+            litellm_proxy.argv(litellm_python, str(path), port),
+            under_test=True,
+            env=litellm_proxy.OFFLINE_ENV,
+        )
+        base_url = f"http://127.0.0.1:{port}"
+        await litellm_proxy.wait_ready(proc, base_url, max(settings.startup_timeout_s, 120.0))
+        subjects.append(
+            Subject(
+                targets.LITELLM,
+                "LiteLLM proxy 1.103.7",
+                "httpx → LiteLLM proxy (1 worker) → upstream",
+                "litellm",
+                http(base_url + "/v1", litellm_proxy.MODEL_ALIAS),
+                {"litellm": proc, "upstream": upstream},
+            )
+        )
+    return subjects
 
 
-async def _measure(
-    target: Target,
-    stream: bool,
-    requests: int,
-    concurrency: int,
-    servers: Mapping[str, ServerProcess],
-) -> Measurement:
-    before = {name: proc.cpu_seconds() for name, proc in servers.items()}
-    run = await run_load(lambda: target.call(stream), requests, concurrency)
+async def warm_up(
+    subject: Subject, plan: Sequence[Scenario], settings: BenchSettings, log: Log
+) -> None:
+    """`settings.warmup` calls of each scenario (streams: at least one wave); BenchError when
+    every one of a scenario's calls failed."""
+    if not settings.warmup:
+        return
+    log(f"{subject.name}: warm-up")
+    for scenario in plan:
+        n = max(settings.warmup, scenario.concurrency) if scenario.call.stream else settings.warmup
+        warm = await run_load(
+            lambda s=scenario: subject.target.call(s.call), n, scenario.concurrency
+        )
+        if not warm.samples:
+            server = subject.processes[subject.server]
+            raise BenchError(
+                f"{subject.name}: every warm-up request failed: {warm.first_errors}\n"
+                f"{server.name}'s stderr:\n{server.stderr_tail()}"
+            )
+
+
+async def measure_round(
+    subject: Subject, index: int, plan: Sequence[Scenario], settings: BenchSettings
+) -> Round:
+    """Every scenario of `plan` once, with the server's memory before, during and after."""
+    server = subject.processes[subject.server]
+    idle = server.rss_bytes()
+    measurements: dict[str, Measurement] = {}
+    async with _peak_rss(server) as peak:
+        for scenario in plan:
+            measurements[scenario.name] = await measure(subject, scenario, settings)
+    await asyncio.sleep(0.2)  # let the last responses' buffers go before "after"
+    return Round(index, measurements, idle, peak(), server.rss_bytes())
+
+
+async def measure(subject: Subject, scenario: Scenario, settings: BenchSettings) -> Measurement:
+    """One scenario against one subject, with the CPU its processes spent meanwhile; an
+    answer whose token count or text does not match what the upstream sent is an error."""
+    expected = scenario.expected_tokens(settings)
+
+    async def checked() -> Sample:
+        sample = await subject.target.call(scenario.call)
+        if sample.completion_tokens != expected:
+            raise ValueError(f"{sample.completion_tokens} completion tokens, sent {expected}")
+        if sample.text_chars != TOKEN_CHARS * expected:
+            raise ValueError(
+                f"{sample.text_chars} characters of text, sent {TOKEN_CHARS * expected}"
+            )
+        return sample
+
+    before = {name: proc.cpu_seconds() for name, proc in subject.processes.items()}
+    run = await run_load(checked, scenario.requests, scenario.concurrency)
     spent: dict[str, float] = {}
-    for name, proc in servers.items():
+    for name, proc in subject.processes.items():
         start, end = before[name], proc.cpu_seconds()
         if start is not None and end is not None:
             spent[name] = end - start
-    return Measurement.of(run, stream, spent)
+    return Measurement.of(scenario.name, run, scenario.call.stream, spent)
 
 
-async def _measure_litellm(
-    procs: list[ServerProcess],
-    upstream: ServerProcess,
-    upstream_url: str,
-    tmp: str,
-    settings: BenchSettings,
-    pinning: Pinning,
-    log: Log,
-) -> PathReport:
-    log("starting litellm (second baseline)")
-    config = litellm_proxy.config(upstream_url, UPSTREAM_MODEL)
-    config_path = _write_yaml(Path(tmp, "litellm.yaml"), config)
-    port = litellm_proxy.free_port()
-    argv = litellm_proxy.argv(str(config_path), port)
-    proc = _start(procs, "litellm", argv, pinning, litellm_proxy.OFFLINE_ENV)
-    base_url = f"http://127.0.0.1:{port}"
-    await litellm_proxy.wait_ready(proc, base_url, max(settings.startup_timeout_s, 60.0))
-    return await measure_path(
-        "litellm proxy",
-        "httpx → LiteLLM proxy (1 worker) → upstream",
-        "litellm",
-        HttpTarget(base_url + "/v1", litellm_proxy.MODEL_ALIAS, connections=settings.concurrency),
-        settings,
-        {"litellm": proc, "upstream": upstream},
-        log,
+@contextlib.asynccontextmanager
+async def _peak_rss(proc: ServerProcess) -> AsyncIterator[Callable[[], int | None]]:
+    """Samples `proc`'s resident memory while the block runs; yields the peak's getter."""
+    seen: list[int] = []
+
+    async def sample() -> None:
+        while True:
+            rss = proc.rss_bytes()
+            if rss is not None:
+                seen[:] = [max([rss, *seen])]
+            await asyncio.sleep(RSS_SAMPLE_S)
+
+    task = asyncio.create_task(sample())
+    try:
+        yield lambda: seen[0] if seen else None
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _log_round(subject: Subject, log: Log) -> None:
+    f = round_figures(subject.rounds[-1], subject.server)
+    errors = sum(m.errors for m in subject.rounds[-1].measurements.values())
+    log(
+        f"  {subject.name}: p50 {_num(f.latency_p50)} ms, RPS {_num(f.rps, 0)}, "
+        f"CPU/request {_num(f.cpu_ms_per_request)} ms, CPU/token {_num(f.cpu_us_per_token, 1)} µs"
+        + (f", {errors} errors" if errors else "")
     )
 
 
-def _start(
-    procs: list[ServerProcess],
-    name: str,
-    argv: list[str],
-    pinning: Pinning,
-    env: Mapping[str, str] | None = None,
-) -> ServerProcess:
-    proc = ServerProcess(name, argv, cpu=pinning.server_cpu, env=env)
-    procs.append(proc)  # appended at once: the finally block stops it whatever happens next
-    return proc
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+async def _collector_note(servers: Servers, collector: ServerProcess) -> str:
+    url = await servers.address(collector, otlp_stub.READY_PREFIX)
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            stats = (await http.get(url + "/stats")).json()
+    except httpx.HTTPError as exc:
+        return f"tracing mode: the OTLP stub did not answer ({exc})"
+    if not stats["exports"]:
+        return (
+            "tracing mode: the OTLP stub received no export, so the mesh does not read "
+            "OTEL_TRACES_EXPORTER / OTEL_EXPORTER_OTLP_ENDPOINT yet (the hook is in place)"
+        )
+    return (
+        f"tracing mode: the OTLP stub received {stats['exports']} exports, {stats['bytes']} bytes"
+    )
+
+
+def _settings_dict(settings: BenchSettings) -> dict[str, Any]:
+    data = asdict(settings)
+    data["mesh_modes"] = [m.value for m in settings.mesh_modes]
+    return data
 
 
 def _write_yaml(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path
-
-
-def _upstream_argv(tokens: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "bench.upstream",
-        "--listen",
-        "127.0.0.1:0",
-        "--tokens",
-        str(tokens),
-    ]
 
 
 def _mesh_argv(config_path: str) -> list[str]:
@@ -259,14 +492,3 @@ def _mesh_argv(config_path: str) -> list[str]:
         "--http",
         "127.0.0.1:0",
     ]
-
-
-def _environment(pinning: Pinning) -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "pinning": pinning.note,
-        "client_cpu": pinning.client_cpu,
-        "server_cpu": pinning.server_cpu,
-    }

@@ -21,7 +21,10 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 
 CHAT_PATH = "/v1/chat/completions"
-TOKEN_TEXT = " hi"
+# Tokens alternate between two words of one length: a stream that repeats one chunk looks
+# like a model stuck in a loop to some clients (LiteLLM aborts it after 100 repeats).
+TOKENS = (" hi", " ho")
+TOKEN_CHARS = 3
 READY_PREFIX = "upstream on "
 _JSON = [(b"content-type", b"application/json")]
 _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
@@ -42,6 +45,11 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
     return host, int(port)
+
+
+def answer_text(tokens: int) -> str:
+    """The text of an answer `tokens` tokens long."""
+    return "".join(TOKENS[i % 2] for i in range(tokens))
 
 
 def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
@@ -125,7 +133,7 @@ class ChatUpstream:
                     "index": 0,
                     "message": {
                         "role": "assistant",
-                        "content": TOKEN_TEXT * tokens,
+                        "content": answer_text(tokens),
                         "refusal": None,
                         "annotations": [],
                     },
@@ -166,9 +174,9 @@ class ChatUpstream:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
         first = chunk({"role": "assistant", "content": "", "refusal": None}, None)
         await send({"type": "http.response.body", "body": first, "more_body": True})
-        frame = chunk({"content": TOKEN_TEXT}, None)
-        for _ in range(tokens):
-            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        frames = [chunk({"content": text}, None) for text in TOKENS]
+        for i in range(tokens):
+            await send({"type": "http.response.body", "body": frames[i % 2], "more_body": True})
         tail = chunk({}, finish)
         if usage is not None:
             tail += b"data: " + _dumps({**base, "choices": [], "usage": usage}) + b"\n\n"

@@ -1,4 +1,4 @@
-"""`imesh bench`: what the mesh adds over a zero-delay upstream measured in the same run."""
+"""`imesh bench`: the mesh beside a zero baseline, floors and LiteLLM, measured in one run."""
 
 from __future__ import annotations
 
@@ -7,92 +7,138 @@ import asyncio
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from router.cli._common import describe, run
 
 if TYPE_CHECKING:
-    from bench.report import BenchReport
     from bench.scenario import BenchSettings
+
+T = TypeVar("T")
+DEFAULT_OUT = "bench/results"
 
 EPILOG = """\
 examples:
-  imesh bench                               # standard scenario, about a minute on 2 cores
-  imesh bench --json bench.json             # also write every number as JSON
-  imesh bench --requests 2000 --concurrency 64 --tokens 128
-every server runs in its own process on 127.0.0.1 (free ports) and is stopped at the end.
+  imesh bench                         # everything, written to bench/results/ (under 10 min)
+  imesh bench --no-transports --rounds 1 --no-litellm     # a quick look at the mesh
+  imesh bench --mesh-modes default    # skip the tracing-on and all-off runs of the mesh
+every server runs in its own process on 127.0.0.1 (free ports) and is stopped at the end;
+LiteLLM is installed once into its own cached virtual environment outside the repo.
 """
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bench = commands.add_parser(
         "bench",
-        help="measure the mesh's own latency and throughput cost against its upstream",
+        help="measure the mesh against a zero baseline, the floors of a Python hop, LiteLLM",
         description=describe(
-            "Start a zero-delay OpenAI-compatible upstream and `imesh up` in front of it, "
-            "each in its own process on loopback; drive the upstream directly (the "
-            "baseline), then the mesh's REST edge and its gRPC API the same way; print "
-            "latency (p50/p90/p99), streaming time to first token, throughput and what the "
-            "mesh adds over the baseline as a markdown table."
+            "Start a zero-delay OpenAI-compatible upstream and, each in its own process in "
+            "front of it: a minimal aiohttp relay, a bare grpc.aio hop, `imesh up` (in each "
+            "observability mode) and LiteLLM's proxy. Measure them in interleaved rounds "
+            "(non-streaming at concurrency 1 and N, streaming TTFT, token streaming), write "
+            "LATEST.md and LATEST.json with the issue's targets marked met or missed, then "
+            "compare httpx transports as relays (transports.md)."
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bench.add_argument("--requests", type=int, default=500, help="per measurement (500)")
+    bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
+    bench.add_argument("--requests", type=int, default=200, help="per one-at-a-time scenario (200)")
     bench.add_argument(
-        "--concurrency", type=int, default=32, help="for the throughput measurement (32)"
+        "--throughput-requests", type=int, default=400, help="at --concurrency (400)"
     )
-    bench.add_argument("--tokens", type=int, default=16, help="completion tokens per answer (16)")
-    bench.add_argument("--warmup", type=int, default=50, help="warm-up requests per path (50)")
-    bench.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    bench.add_argument("--concurrency", type=int, default=32, help="non-streaming (32)")
+    bench.add_argument("--tokens", type=int, default=16, help="tokens per short answer (16)")
     bench.add_argument(
-        "--no-pin", action="store_true", help="do not pin the client and the servers to cores"
+        "--stream-tokens", type=int, default=256, help="tokens per streamed answer (256)"
+    )
+    bench.add_argument("--streams", type=int, default=16, help="concurrent token streams (16)")
+    bench.add_argument("--warmup", type=int, default=20, help="warm-up calls per scenario (20)")
+    bench.add_argument(
+        "--mesh-modes",
+        default="default,tracing,off",
+        help="observability modes to run the mesh in (default,tracing,off)",
+    )
+    bench.add_argument("--out", default=DEFAULT_OUT, help=f"results folder ({DEFAULT_OUT})")
+    bench.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    bench.add_argument(
+        "--no-litellm", action="store_true", help="skip LiteLLM (its targets: not measured)"
     )
     bench.add_argument(
-        "--no-litellm", action="store_true", help="skip LiteLLM even when it is installed"
+        "--no-transports", action="store_true", help="skip the httpx transport comparison"
     )
     bench.set_defaults(func=run_bench)
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    from bench.processes import BenchError
-    from bench.report import to_markdown
+def settings_of(args: argparse.Namespace) -> BenchSettings:
+    """The settings the flags ask for; ValueError naming a bad one."""
+    from bench.mesh_modes import parse_modes
     from bench.scenario import BenchSettings
 
+    return BenchSettings(
+        requests=args.requests,
+        throughput_requests=args.throughput_requests,
+        concurrency=args.concurrency,
+        tokens=args.tokens,
+        stream_tokens=args.stream_tokens,
+        streams=args.streams,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        pin=not args.no_pin,
+        litellm=not args.no_litellm,
+        mesh_modes=parse_modes(args.mesh_modes),
+    )
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from bench.markdown import to_markdown
+    from bench.processes import BenchError
+    from bench.scenario import run_scenario
+    from bench.targets import evaluate
+    from bench.transports import run_transports, transports_markdown
+
     try:
-        settings = BenchSettings(
-            requests=args.requests,
-            concurrency=args.concurrency,
-            tokens=args.tokens,
-            warmup=args.warmup,
-            pin=not args.no_pin,
-            litellm=not args.no_litellm,
-        )
+        settings = settings_of(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    ok = True
     try:
-        report = run(_bench(settings))
+        report = run(_cancellable(lambda: run_scenario(settings, _log)))
+        results = evaluate(report.figures())
+        (out / "LATEST.md").write_text(to_markdown(report, results), encoding="utf-8")
+        report.write_json(out / "LATEST.json", {"targets": [asdict(r) for r in results]})
+        print(to_markdown(report, results))
+        ok = report.all_ok
+        if not args.no_transports:
+            comparison = run(_cancellable(lambda: run_transports(settings, _log)))
+            (out / "transports.md").write_text(transports_markdown(comparison), encoding="utf-8")
+            comparison.write_json(out / "transports.json")
+            print(transports_markdown(comparison))
+            ok = ok and comparison.all_ok
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     except asyncio.CancelledError:  # SIGTERM: every process was stopped on the way out
         print("bench: terminated", file=sys.stderr)
         return 143
-    print(to_markdown(report))
-    if args.json:
-        report.write_json(args.json)
-        print(f"JSON: {args.json}")
-    print(f"bench took {time.perf_counter() - started:.1f} s")
-    return 0 if report.all_ok else 1
+    print(f"results in {out}/; bench took {time.perf_counter() - started:.0f} s")
+    return 0 if ok else 1
 
 
-async def _bench(settings: BenchSettings) -> BenchReport:
-    """The scenario, cancelled by SIGTERM (Ctrl-C already cancels it) so its cleanup runs."""
-    from bench.scenario import run_scenario
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
+
+async def _cancellable(work: Callable[[], Awaitable[T]]) -> T:
+    """`work`, cancelled by SIGTERM (Ctrl-C already cancels it) so its cleanup runs."""
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    return await run_scenario(settings, lambda line: print(line, file=sys.stderr, flush=True))
+    return await work()

@@ -1,0 +1,122 @@
+"""LATEST.md: a run's environment, the targets it met or missed, the figures of each subject
+(median over rounds) and every round's own figures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bench.report import CLIENT_BOUND, MIB, BenchReport, Figures, round_figures
+from bench.targets import DIRECT, TargetResult
+
+NOISE = (
+    "Figures are from a shared 2-core machine while other work ran on it; absolute numbers "
+    "move by 15-50% between runs. Compare the ratios, which come from one run with the "
+    "subjects interleaved round by round."
+)
+
+
+def _f(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / MIB:.1f}"
+
+
+def _added(value: float | None, base: float | None) -> str:
+    return "-" if value is None or base is None else f"{value - base:.2f}"
+
+
+def _rss(values: Sequence[int | None]) -> str:
+    return " / ".join(_mib(v) for v in values) or "-"
+
+
+def to_markdown(report: BenchReport, results: Sequence[TargetResult]) -> str:
+    env, s = report.environment, report.settings
+    figures = report.figures()
+    base = figures.get(DIRECT, Figures())
+    lines = [
+        "# Benchmark: latest run",
+        "",
+        f"- date: {env.get('date')}; commit {env.get('commit')}; took {report.total_s:.0f} s",
+        f"- machine: {env.get('cpu')}, {env.get('cpus')} CPUs; {env.get('platform')}; "
+        f"Python {env.get('python')}",
+        f"- load average at start: {env.get('load_average_at_start')}",
+        f"- {env.get('pinning')}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items()),
+        f"- {s['rounds']} rounds; per round and subject: non-streaming {s['requests']} requests "
+        f"at concurrency 1 and {s['throughput_requests']} at {s['concurrency']} "
+        f"({s['tokens']} tokens each); streaming TTFT {s['requests']} requests at 1; token "
+        f"streaming {s['streams']} concurrent streams x {s['stream_tokens']} tokens, "
+        f"{s['stream_waves']} waves. Warm-up {s['warmup']} per scenario.",
+        "",
+        f"> {NOISE}",
+        "",
+        "## Targets (this run)",
+        "",
+        "| target | measured | limit | verdict |",
+        "| --- | --- | --- | --- |",
+    ]
+    for r in results:
+        lines.append(f"| {r.name} | {r.value_text} | {r.limit_text} | **{r.verdict.value}** |")
+    lines += [
+        "",
+        "## Figures (median over rounds)",
+        "",
+        "Added: minus the upstream called directly. CPU: the subject's own server process, "
+        "read from /proc over the measured window (the direct row shows the upstream's). "
+        "RSS: that process, per round.",
+        "",
+        "| subject | p50 ms | added p50 | added p99 | RPS @c | CPU ms/req @c | TTFT p50 ms "
+        "| added TTFT | CPU µs/token | RSS idle MiB | RSS under load | RSS after |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |",
+    ]
+    for subject in report.subjects:
+        f = figures[subject.key]
+        lines.append(
+            f"| {subject.name} | {_f(f.latency_p50)} | {_added(f.latency_p50, base.latency_p50)} "
+            f"| {_added(f.latency_p99, base.latency_p99)} | {_f(f.rps, 0)} "
+            f"| {_f(f.cpu_ms_per_request)} | {_f(f.ttft_p50)} "
+            f"| {_added(f.ttft_p50, base.ttft_p50)} | {_f(f.cpu_us_per_token, 1)} "
+            f"| {_rss(f.rss_idle)} | {_rss(f.rss_peak)} | {_rss(f.rss_after)} |"
+        )
+    lines += [
+        "",
+        "## Per round",
+        "",
+        "| subject | round | p50 ms | p99 ms | RPS @c | CPU ms/req @c | TTFT p50 ms "
+        "| CPU µs/token | RSS idle / load / after MiB | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for subject in report.subjects:
+        for r in subject.rounds:
+            f = round_figures(r, subject.server)
+            errors = sum(m.errors for m in r.measurements.values())
+            lines.append(
+                f"| {subject.name} | {r.index + 1} | {_f(f.latency_p50)} | {_f(f.latency_p99)} "
+                f"| {_f(f.rps, 0)} | {_f(f.cpu_ms_per_request)} | {_f(f.ttft_p50)} "
+                f"| {_f(f.cpu_us_per_token, 1)} "
+                f"| {_mib(r.rss_idle)} / {_mib(r.rss_peak)} / {_mib(r.rss_after)} | {errors} |"
+            )
+    lines += ["", "## Subjects", ""]
+    for subject in report.subjects:
+        lines.append(f"- **{subject.name}**: {subject.description}")
+    notes = list(report.notes)
+    for subject in report.subjects:
+        for r in subject.rounds:
+            for m in r.measurements.values():
+                if m.client_busy >= CLIENT_BOUND:
+                    notes.append(
+                        f"{subject.name}, round {r.index + 1}, {m.scenario}: the load "
+                        f"generator's core was {m.client_busy:.0%} busy (it set the pace)"
+                    )
+                if m.errors:
+                    notes.append(
+                        f"ERRORS on {subject.name}, round {r.index + 1}, {m.scenario}: "
+                        f"{m.errors}/{m.requests}: {'; '.join(m.first_errors)}"
+                    )
+    notes += [f"{name}: {why}, not measured" for name, why in report.skipped.items()]
+    if notes:
+        lines += ["", "## Notes", ""]
+        lines += [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
