@@ -8,13 +8,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from router.cli import adapter, bench, chat, gateway, models, pool, replica_agent, up
+from router.cli import adapter, bench, chat, gateway, keys, models, pool, replica_agent, up, usage
 
 DESCRIPTION = """\
 inference-mesh: a gRPC-native LLM inference mesh.
 
 Run it:      imesh up | imesh router | imesh adapter NAME | imesh gateway
 Talk to it:  imesh chat "prompt" | imesh models
+Tenants:     imesh keys create|list|revoke|rotate | imesh usage
 Measure it:  imesh bench
 Logging:     IMESH_LOG_LEVEL=DEBUG|INFO|WARNING|ERROR (services default to INFO),
              IMESH_LOG_FORMAT=text|json (default: text on a terminal, else JSON lines)
@@ -37,13 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (up, adapter, gateway, chat, models, bench, pool, replica_agent):
+    for module in (up, adapter, gateway, chat, models, bench, pool, replica_agent, keys, usage):
         module.register(commands)
     return parser
 
 
 # Commands that talk to a mesh print their own results; only their warnings are logged.
-_QUIET_COMMANDS = frozenset({"chat", "models", "bench"})
+_QUIET_COMMANDS = frozenset({"chat", "models", "bench", "keys", "usage"})
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
