@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.errors import log_unexpected
 from gateway.responses import Exchange, malformed_key, send_error, send_json
 from gateway.sse import DisconnectWatch, relay_stream
-from gateway.translate_request import parse_chat_body
+from gateway.translate_request import ChatCall, RequestLimits, parse_chat_body
 from gateway.translate_response import completion_body, model_body, model_objects, models_body
 from imesh.api import CallContext, ChatAPI
 from imesh.errors import MeshError, Reason
@@ -34,6 +34,9 @@ _KNOWN_PATHS = frozenset({CHAT_PATH, "/v1/models", "/healthz", "/readyz"})
 _OK_BODY = b'{"status":"ok"}'
 # Bounds a readiness probe's wait on the router; probes must answer fast either way.
 READY_TIMEOUT_S = 2.0
+# Bodies larger than this are parsed on a worker thread: the loop then waits only while
+# json.loads holds the GIL (bounded by gateway.max_json_values), not for the whole parse.
+PARSE_INLINE_BYTES = 64 * 1024
 
 
 class ClientGone(Exception):
@@ -92,13 +95,19 @@ class _Edge:
     def __init__(self, api: ChatAPI, settings: GatewaySettings) -> None:
         self._api = api
         self._max_body = settings.max_body_bytes
+        self._limits = RequestLimits(
+            max_messages=settings.max_messages,
+            max_content_parts=settings.max_content_parts,
+            max_tools=settings.max_tools,
+            max_json_values=settings.max_json_values,
+        )
         self._created = int(time.time())
 
     async def chat_completions(
         self, ex: Exchange, scope: Scope, receive: Receive, send: Send
     ) -> None:
         try:
-            call = parse_chat_body(await read_body(receive, ex, self._max_body))
+            call = await self._parse(await read_body(receive, ex, self._max_body))
         except ClientGone:
             return
         except MeshError as exc:
@@ -132,6 +141,11 @@ class _Edge:
             watch.stop()
         ex.waited_s += time.perf_counter() - waited
         await send_json(send, ex, 200, completion_body(response, completion_id, model, created))
+
+    async def _parse(self, body: bytes) -> ChatCall:
+        if len(body) <= PARSE_INLINE_BYTES:
+            return parse_chat_body(body, self._limits)
+        return await asyncio.to_thread(parse_chat_body, body, self._limits)
 
     async def list_models(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         models = await self._models(ex, send)

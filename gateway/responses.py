@@ -48,10 +48,12 @@ class Exchange:
     @classmethod
     def begin(cls, scope: Scope) -> Exchange:
         t0 = time.perf_counter()
-        rid = auth = length = None
+        rid = auth = x_api_key = length = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 auth = value
+            elif name == b"x-api-key":
+                x_api_key = value
             elif name == b"x-request-id":
                 rid = value
             elif name == b"content-length":
@@ -60,8 +62,15 @@ class Exchange:
             rid = os.urandom(12).hex().encode()
         key = None
         bad_key = False
+        # As the router reads its metadata: a bearer token first, else x-api-key.
         if auth is not None and auth[:7].lower() == _BEARER:
             raw = auth[7:].strip()
+            if _KEY.fullmatch(raw) is not None:
+                key = raw.decode("ascii")
+            else:
+                bad_key = bool(raw)
+        if key is None and not bad_key and x_api_key is not None:
+            raw = x_api_key.strip()
             if _KEY.fullmatch(raw) is not None:
                 key = raw.decode("ascii")
             else:

@@ -18,22 +18,15 @@ import uvicorn
 from starlette.applications import Starlette
 
 from gateway.app import create_app
+from gateway.http_limits import bounded_protocol
 from imesh.api import ChatAPI
-from router.config import GatewaySettings
+from router.config import GatewaySettings, parse_listen
 
 # How the standalone parent hands its config to worker processes (which import the app).
 ENV_ROUTER = "IMESH_GATEWAY_ROUTER"
 ENV_SETTINGS = "IMESH_GATEWAY_SETTINGS"
 # Seconds shutdown waits for in-flight responses (streams) before cancelling them.
 GRACEFUL_S = 10
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """ "HOST:PORT" (or "[V6]:PORT") -> (host, port); raises ValueError naming the input."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
-    return host.strip("[]"), int(port)
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -55,14 +48,21 @@ class _EmbeddedServer(uvicorn.Server):
 class GatewayServer:
     """The edge serving on the current event loop. `start()`, then `stop()` (or `wait()`)."""
 
-    def __init__(self, app: Starlette, listen: str, graceful_s: int = GRACEFUL_S) -> None:
+    def __init__(
+        self,
+        app: Starlette,
+        listen: str,
+        settings: GatewaySettings | None = None,
+        graceful_s: int = GRACEFUL_S,
+    ) -> None:
         host, port = parse_listen(listen)
+        settings = settings or GatewaySettings()
         config = uvicorn.Config(
             app,
             host=host,
             port=port,
             loop="none",  # serve on the caller's loop (uvloop when the CLI installed it)
-            http="httptools",
+            http=bounded_protocol(settings.max_header_bytes, settings.max_headers),
             ws="none",
             lifespan="on",
             log_config=None,  # embedded: leave the process's logging alone
@@ -111,7 +111,7 @@ class GatewayServer:
 
 async def start_gateway(api: ChatAPI, settings: GatewaySettings, listen: str) -> GatewayServer:
     """The edge over `api`, serving on `listen` (port 0 picks a free port) in this loop."""
-    server = GatewayServer(create_app(api, settings), listen)
+    server = GatewayServer(create_app(api, settings), listen, settings)
     await server.start()
     return server
 
@@ -140,7 +140,7 @@ def run_standalone(router_addr: str, listen: str, workers: int, settings: Gatewa
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http=bounded_protocol(settings.max_header_bytes, settings.max_headers),
         ws="none",
         lifespan="on",
         log_level="info",

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from adapters.config import AdapterServiceSettings, ProviderConfig, ServerTLS
 
@@ -21,6 +29,26 @@ PolicyName = Literal[
     "power_of_two",
 ]
 MICROS_PER_USD = 1_000_000
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """ "HOST:PORT" (or "[V6]:PORT") -> (host, port); ValueError naming the input otherwise.
+
+    Port 0 asks the OS for a free port."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
+    if host.startswith("[") != host.endswith("]") or any(c.isspace() for c in host):
+        raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+def _checked_listen(listen: str) -> str:
+    parse_listen(listen)
+    return listen
+
+
+ListenAddress = Annotated[str, AfterValidator(_checked_listen)]
 
 
 class Strict(BaseModel):
@@ -120,7 +148,7 @@ class Timeouts(Strict):
 
 
 class RouterSettings(Strict):
-    listen: str = "127.0.0.1:50051"
+    listen: ListenAddress = "127.0.0.1:50051"
     timeouts: Timeouts = Timeouts()
     breaker: BreakerConfig = BreakerConfig()
     # Seconds SIGTERM waits for in-flight streams before cancelling them.
@@ -138,8 +166,18 @@ class RouterSettings(Strict):
 
 
 class GatewaySettings(Strict):
-    listen: str = "127.0.0.1:8080"
+    listen: ListenAddress = "127.0.0.1:8080"
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # A request's head (request line and headers) beyond either bound gets 431.
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    max_headers: int = Field(100, ge=8)
+    # Bounds on a chat request's shape; past one, a 400 names the setting. The router
+    # holds every request to the same defaults (router.validate).
+    max_messages: int = Field(2048, ge=1, le=2048)
+    max_content_parts: int = Field(4096, ge=1, le=4096)
+    max_tools: int = Field(128, ge=0, le=128)
+    # Commas and brackets in a body: bounds the GIL-held JSON parse (see RequestLimits).
+    max_json_values: int = Field(100_000, ge=1000)
 
 
 class MeshConfig(Strict):
@@ -153,24 +191,13 @@ class MeshConfig(Strict):
 
     @model_validator(mode="after")
     def _references_resolve(self) -> MeshConfig:
-        names = [d.name for d in self.deployments]
-        seen: set[str] = set()
-        for i, name in enumerate(names):
-            if name in seen:
-                raise ValueError(f"deployments[{i}].name: duplicate deployment {name!r}")
-            seen.add(name)
-        for i, d in enumerate(self.deployments):
-            if d.provider not in self.providers:
-                raise ValueError(
-                    f"deployments[{i}].provider: unknown provider {d.provider!r} "
-                    f"(known: {', '.join(sorted(self.providers))})"
-                )
-        for alias, spec in self.aliases.items():
-            if alias in seen:
-                raise ValueError(f"aliases.{alias}: alias shadows a deployment of that name")
-            for j, c in enumerate(spec.candidates):
-                if c not in seen:
-                    raise ValueError(f"aliases.{alias}.candidates[{j}]: unknown deployment {c!r}")
+        problems = reference_problems(
+            self.providers,
+            [(d.name, d.provider) for d in self.deployments],
+            {alias: spec.candidates for alias, spec in self.aliases.items()},
+        )
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def deployment(self, name: str) -> Deployment:
@@ -180,20 +207,80 @@ class MeshConfig(Strict):
         raise KeyError(name)
 
 
+def reference_problems(
+    providers: Iterable[str],
+    deployments: list[tuple[str, str]],
+    aliases: Mapping[str, Iterable[str]],
+) -> list[str]:
+    """Every name that does not resolve, one "where: why" line each (all of them, so one
+    run of a bad file names every problem)."""
+    problems: list[str] = []
+    known_providers = set(providers)
+    seen: set[str] = set()
+    for i, (name, provider) in enumerate(deployments):
+        if name in seen:
+            problems.append(f"deployments[{i}].name: duplicate deployment {name!r}")
+        seen.add(name)
+        if provider not in known_providers:
+            problems.append(
+                f"deployments[{i}].provider: unknown provider {provider!r} "
+                f"(known: {', '.join(sorted(known_providers))})"
+            )
+    for alias, candidates in aliases.items():
+        if alias in seen:
+            problems.append(f"aliases.{alias}: alias shadows a deployment of that name")
+        for j, c in enumerate(candidates):
+            if c not in seen:
+                problems.append(f"aliases.{alias}.candidates[{j}]: unknown deployment {c!r}")
+    return problems
+
+
+def _raw_reference_problems(data: object) -> list[str]:
+    """reference_problems over a file that failed validation elsewhere: entries of the
+    wrong shape are skipped (the schema's errors already name them)."""
+    if not isinstance(data, dict):
+        return []
+    providers = data.get("providers")
+    deployments = data.get("deployments")
+    aliases = data.get("aliases")
+    pairs = [
+        (str(d.get("name")), str(d.get("provider")))
+        for d in (deployments if isinstance(deployments, list) else [])
+        if isinstance(d, dict)
+    ]
+    candidates = {
+        str(alias): [str(c) for c in spec["candidates"]]
+        for alias, spec in (aliases.items() if isinstance(aliases, dict) else [])
+        if isinstance(spec, dict) and isinstance(spec.get("candidates"), list)
+    }
+    return reference_problems(providers if isinstance(providers, dict) else (), pairs, candidates)
+
+
 class ConfigError(Exception):
     """The config file cannot be used; the message names the key and the reason."""
 
 
 def parse_config(data: object, source: str = "<config>") -> MeshConfig:
+    """The validated config; ConfigError naming every bad key and every unresolved name."""
     try:
         return MeshConfig.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
-        raise ConfigError(f"invalid config {source}:\n" + "\n".join(lines)) from None
+        raise ConfigError(f"invalid config {source}:\n" + _describe(exc, data)) from None
+
+
+def _describe(exc: ValidationError, data: Any) -> str:
+    lines: list[str] = []
+    cross_checked = False
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        cross_checked = cross_checked or not loc
+        lines.extend(f"  {loc}: {m}" if loc else f"  {m}" for m in msg.splitlines())
+    if not cross_checked:
+        # Field errors stop pydantic before the cross-field check; run it on the raw file
+        # so a bad price and a bad alias candidate are both reported in one go.
+        lines.extend(f"  {p}" for p in _raw_reference_problems(data))
+    return "\n".join(lines)
 
 
 def load_config(path: str | Path) -> MeshConfig:

@@ -10,6 +10,11 @@ from imesh.v1 import chat_pb2
 
 # OpenAI's limits, so a request valid here is valid at every provider we translate to.
 MAX_STOP_SEQUENCES = 4
+MAX_TOOLS = 128
+# Bounds on a request's shape, checked before anything walks it: validation, planning and
+# token estimation run on the event loop and cost ~1 us per part.
+MAX_MESSAGES = 2048
+MAX_CONTENT_PARTS = 4096
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _KNOWN_ROLES = frozenset(
     {
@@ -28,6 +33,7 @@ def validate_chat_input(request: chat_pb2.ChatInput) -> None:
     as `input.<path>` (the path in ChatRequest/ChatStreamRequest)."""
     if not request.model:
         raise invalid_argument("input.model", "required: an alias or deployment name")
+    _validate_shape(request)
     _validate_messages(request)
     _validate_sampling(request)
     tool_names = _validate_tools(request)
@@ -35,6 +41,22 @@ def validate_chat_input(request: chat_pb2.ChatInput) -> None:
     _validate_response_format(request)
     if request.routing.HasField("max_cost_micros") and request.routing.max_cost_micros < 0:
         raise invalid_argument("input.routing.max_cost_micros", "must not be negative")
+
+
+def _validate_shape(request: chat_pb2.ChatInput) -> None:
+    if len(request.messages) > MAX_MESSAGES:
+        raise invalid_argument(
+            "input.messages", f"at most {MAX_MESSAGES} allowed, got {len(request.messages)}"
+        )
+    parts = sum(len(m.content) for m in request.messages)
+    if parts > MAX_CONTENT_PARTS:
+        raise invalid_argument(
+            "input.messages[].content", f"at most {MAX_CONTENT_PARTS} parts allowed, got {parts}"
+        )
+    if len(request.tools) > MAX_TOOLS:
+        raise invalid_argument(
+            "input.tools", f"at most {MAX_TOOLS} allowed, got {len(request.tools)}"
+        )
 
 
 def _validate_messages(request: chat_pb2.ChatInput) -> None:

@@ -166,3 +166,42 @@ def test_duplicate_tool_names_are_refused() -> None:
     request.tools.add(name="get_weather", parameters_json="{}")
     with pytest.raises(MeshError, match=r"input\.tools\[1\]\.name: duplicate"):
         validate_chat_input(request)
+
+
+def _text_message(text: str = "x") -> chat_pb2.Message:
+    return chat_pb2.Message(role=chat_pb2.ROLE_USER, content=[chat_pb2.ContentPart(text=text)])
+
+
+@pytest.mark.parametrize(
+    ("request_input", "field_path"),
+    [
+        (chat_pb2.ChatInput(model="m", messages=[_text_message()] * 2049), "input.messages"),
+        (
+            chat_pb2.ChatInput(
+                model="m",
+                messages=[
+                    chat_pb2.Message(
+                        role=chat_pb2.ROLE_USER, content=[chat_pb2.ContentPart(text="x")] * 2049
+                    )
+                ]
+                * 2,
+            ),
+            "input.messages[].content",
+        ),
+        (
+            chat_pb2.ChatInput(
+                model="m",
+                messages=[_text_message()],
+                tools=[chat_pb2.Tool(name=f"t{i}") for i in range(129)],
+            ),
+            "input.tools",
+        ),
+    ],
+)
+def test_the_shape_of_a_request_is_bounded_before_it_is_walked(
+    request_input: chat_pb2.ChatInput, field_path: str
+) -> None:
+    with pytest.raises(MeshError) as caught:
+        validate_chat_input(request_input)
+    assert caught.value.field_violations[0].field == field_path
+    assert "at most" in caught.value.field_violations[0].description
