@@ -196,8 +196,20 @@ _HTTP_BY_CODE: dict[grpc.StatusCode, int] = {
     _S.DEADLINE_EXCEEDED: 504,
 }
 # After every attempt failed, an upstream failure is a bad gateway (502), not the mesh
-# refusing (503); rate limits stay 429 and deadlines 504.
-_UPSTREAM_FAILED_AS_502 = frozenset({_S.UNAVAILABLE, _S.INTERNAL, _S.UNKNOWN, _S.ABORTED})
+# refusing (503); rate limits stay 429 and deadlines 504. A deployment's refused credentials
+# or missing model (UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND from behind the router)
+# are never the caller's 401/403/404.
+_UPSTREAM_FAILED_AS_502 = frozenset(
+    {
+        _S.UNAVAILABLE,
+        _S.INTERNAL,
+        _S.UNKNOWN,
+        _S.ABORTED,
+        _S.UNAUTHENTICATED,
+        _S.PERMISSION_DENIED,
+        _S.NOT_FOUND,
+    }
+)
 _HTTP_TYPE: dict[int, str] = {
     400: "invalid_request_error",
     404: "invalid_request_error",
