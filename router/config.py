@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from adapters.config import AdapterServiceSettings, ProviderConfig, ServerTLS
+from router.tenancy.config import TenancySettings
 
 Capability = Literal["tools", "vision", "json_schema", "streaming"]
 PolicyName = Literal[
@@ -188,6 +189,8 @@ class MeshConfig(Strict):
     gateway: GatewaySettings = GatewaySettings()
     # Read by `imesh adapter`, which refuses to start without it.
     adapter_service: AdapterServiceSettings | None = None
+    # Tenants, keys, limits and usage (router/tenancy); None: no tenancy.
+    tenancy: TenancySettings | None = None
 
     @model_validator(mode="after")
     def _references_resolve(self) -> MeshConfig:
