@@ -73,7 +73,15 @@ def test_deployment_credentials_refused_exclude_that_deployment_only() -> None:
 
 @pytest.mark.parametrize(
     ("code", "http"),
-    [(S.UNAVAILABLE, 502), (S.RESOURCE_EXHAUSTED, 429), (S.DEADLINE_EXCEEDED, 504)],
+    [
+        (S.UNAVAILABLE, 502),
+        (S.RESOURCE_EXHAUSTED, 429),
+        (S.DEADLINE_EXCEEDED, 504),
+        # a deployment's credentials or model refused behind the router: never the caller's
+        (S.UNAUTHENTICATED, 502),
+        (S.PERMISSION_DENIED, 502),
+        (S.NOT_FOUND, 502),
+    ],
 )
 def test_all_attempts_failed_takes_its_status_from_the_last_code(
     code: grpc.StatusCode, http: int
