@@ -22,12 +22,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
+
+    from gateway.metrics import EdgeObservability
+    from router.config import MeshConfig
+    from router.metrics import RouterMetrics
+    from router.recorder import RecordSink
+    from router.service import ChatRouter
+    from router.tracing import RouterTracer
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +113,12 @@ class Telemetry:
         self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
+    def edge(self) -> EdgeObservability:
+        """What the REST edge of this process exposes."""
+        from gateway.metrics import EdgeObservability
+
+        return EdgeObservability(self.registry, self._provider)
+
     async def close(self) -> None:
         for server in self._servers:
             server.close()
@@ -153,6 +166,9 @@ def start_telemetry(service: str, env: Mapping[str, str]) -> Telemetry:
     """Telemetry as `env` asks for it, for a process whose default service name is
     `service` (OTEL_SERVICE_NAME overrides it)."""
     switches = TelemetrySwitches.from_env(env)
+    if switches.metrics:
+        # Each counter's *_created twin doubles the series and says little: not exported.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry() if switches.metrics else None
     provider = _start_tracing(service, switches.exporters, env) if switches.tracing else None
     return Telemetry(registry=registry, tracing=provider is not None, _provider=provider)
@@ -220,3 +236,39 @@ def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
     raise ValueError(
         f"OTEL_EXPORTER_OTLP_PROTOCOL: unsupported protocol {protocol!r} (grpc, http/protobuf)"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RouterObservers:
+    """What watches a router: its record sinks (metrics, the request log) and its tracer."""
+
+    sinks: tuple[RecordSink, ...]
+    tracer: RouterTracer | None
+    metrics: RouterMetrics | None
+
+    def watch(self, router: ChatRouter) -> None:
+        """Expose the router's live state (breakers, attempts in flight) at scrape time."""
+        if self.metrics is not None:
+            self.metrics.watch(router.breakers, router.stats)
+
+
+def router_observers(
+    config: MeshConfig, telemetry: Telemetry, env: Mapping[str, str]
+) -> RouterObservers:
+    """Sinks and tracer for a router built from `config`. IMESH_LOG_CONTENT=1 lets the
+    request log carry error messages (they may quote a prompt): for debugging only."""
+    from router.metrics import RouterMetrics
+    from router.request_log import RequestLog
+    from router.tracing import RouterTracer
+
+    metrics = None
+    if telemetry.registry is not None:
+        metrics = RouterMetrics(
+            telemetry.registry,
+            models=config.aliases,
+            deployments=[d.name for d in config.deployments],
+            tenant_label=config.metrics.tenant_label,
+        )
+    request_log = RequestLog(content=env.get("IMESH_LOG_CONTENT") == "1")
+    sinks: tuple[RecordSink, ...] = (request_log,) if metrics is None else (metrics, request_log)
+    return RouterObservers(sinks, RouterTracer() if telemetry.tracing else None, metrics)
