@@ -9,16 +9,16 @@ answer exactly as from OpenAI's response_format. (Prefill cannot enforce a schem
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
+
+import orjson
 
 from adapters.http_errors import error_from_stream_event
 from adapters.json_body import JsonBody
 from adapters.openai_translate import float32
 from adapters.sse import SSEEvent
 from adapters.stream_translator import TranslatorState
-from adapters.usage_estimate import TokenCounter
 from imesh.errors import invalid_argument
 from imesh.v1 import chat_pb2, events_pb2
 
@@ -112,28 +112,19 @@ def build_messages_body(
 class AnthropicStreamTranslator(TranslatorState):
     """message_start … content_block_* … message_delta, message_stop → ChatEvents."""
 
-    def __init__(
-        self,
-        chat: chat_pb2.ChatInput,
-        counter: TokenCounter,
-        *,
-        provider: str,
-        secrets: Sequence[str],
-    ) -> None:
-        super().__init__(chat, counter, provider=provider, secrets=secrets)
-        self._json_mode = json_mode(chat)
+    def _begin(self) -> None:
+        self._json_mode = json_mode(self._chat)
         # content block index -> tool-call index (-1: the JSON-mode tool, relayed as text)
         self._tool_blocks: dict[int, int] = {}
         self._usage: dict[str, int] = {}
         self._usage_final = False
         self._stop_reason = ""
 
-    def feed(self, event: SSEEvent) -> list[events_pb2.ChatEvent]:
-        data = json.loads(event.data)
+    def feed(self, event: SSEEvent, out: list[events_pb2.ChatEvent]) -> None:
+        data = orjson.loads(event.data)
         if not isinstance(data, dict):
             raise ValueError("event data is not an object")
         kind = data.get("type") or event.event
-        out: list[events_pb2.ChatEvent] = []
         if kind == "content_block_delta":
             self._delta(int(data.get("index") or 0), data.get("delta") or {}, out)
         elif kind == "content_block_start":
@@ -155,9 +146,6 @@ class AnthropicStreamTranslator(TranslatorState):
                 secrets=self._secrets,
             )
         # ping, content_block_stop and event types added later carry nothing for us.
-        if out:
-            self._started = True
-        return out
 
     def _block_start(
         self, index: int, block: dict[str, Any], out: list[events_pb2.ChatEvent]

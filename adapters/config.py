@@ -143,21 +143,40 @@ class RemoteConfig(Strict):
     tls: ClientTLS | None = None
 
 
-class OpenAIConfig(Strict):
+class HttpProviderConfig(Strict):
+    """What every HTTP provider kind shares: where it is, how its connections are pooled,
+    bounded in time and routed. Each kind subclasses it (and may change the defaults)."""
+
+    base_url: str
+    # tiktoken encoding for local counts when the provider reports no usage.
+    tokenizer: str = "o200k_base"
+    # HTTP/2 multiplexes calls over a few connections; HTTP/1.1 uses one per call.
+    http2: bool = False
+    timeouts: HttpTimeouts = HttpTimeouts()
+    # Calls in flight at once; more wait up to `timeouts.pool`, then fail OVERLOADED.
+    max_connections: int = Field(100, ge=1)
+    # "env": HTTPS_PROXY / HTTP_PROXY / NO_PROXY decide; "direct": never a proxy; or a URL.
+    proxy: str = "env"
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, proxy: str) -> str:
+        if proxy in ("env", "direct") or proxy.startswith(("http://", "https://")):
+            return proxy
+        raise ValueError("proxy is 'env', 'direct' or an http:// or https:// URL")
+
+
+class OpenAIConfig(HttpProviderConfig):
     kind: Literal["openai"]
     base_url: str = "https://api.openai.com/v1"
     api_key: SecretRef
     organization: str | None = None
     # False: call without `stream: true` and turn the whole answer into events.
     streaming: bool = True
-    # tiktoken encoding for local estimates when a stream is cut before its usage chunk.
-    tokenizer: str = "o200k_base"
     http2: bool = True
-    timeouts: HttpTimeouts = HttpTimeouts()
-    max_connections: int = Field(100, ge=1)
 
 
-class AnthropicConfig(Strict):
+class AnthropicConfig(HttpProviderConfig):
     kind: Literal["anthropic"]
     base_url: str = "https://api.anthropic.com"
     api_key: SecretRef
@@ -167,15 +186,12 @@ class AnthropicConfig(Strict):
     # Claude's tokenizer is not public: local estimates (cut streams only) use this one.
     tokenizer: str = "cl100k_base"
     http2: bool = True
-    timeouts: HttpTimeouts = HttpTimeouts()
-    max_connections: int = Field(100, ge=1)
 
 
-class OpenAICompatibleConfig(Strict):
+class OpenAICompatibleConfig(HttpProviderConfig):
     """Any base URL speaking the OpenAI chat API (vLLM, Ollama, Together, Groq...)."""
 
     kind: Literal["openai_compatible"]
-    base_url: str
     api_key: SecretRef | None = None
     # Quirks of the server.
     supports_stream_options: bool = True
@@ -186,11 +202,6 @@ class OpenAICompatibleConfig(Strict):
     streaming: bool = True
     # The request field bounding completion length.
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
-    # tiktoken encoding for local counts when the server reports no usage.
-    tokenizer: str = "o200k_base"
-    http2: bool = False
-    timeouts: HttpTimeouts = HttpTimeouts()
-    max_connections: int = Field(100, ge=1)
 
 
 ProviderConfig = Annotated[

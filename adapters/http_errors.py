@@ -7,16 +7,15 @@ provider-specific crosses this line. Messages are scrubbed of the deployment's k
 from __future__ import annotations
 
 import email.utils
-import json
 import math
 import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-import grpc
+import orjson
 
-from imesh.errors import MeshError
+from imesh.errors import MeshError, Reason
 from imesh.v1 import events_pb2
 
 # Read at most this much of an error body: enough for any provider's JSON error.
@@ -27,21 +26,21 @@ ERROR_BODY_LIMIT = 64 * 1024
 # encoded, and the details), so it must stay well below that.
 MESSAGE_LIMIT_BYTES = 1024
 
-# status -> (code, reason)
-_BY_STATUS: dict[int, tuple[grpc.StatusCode, str]] = {
-    400: (grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_BAD_REQUEST"),
-    401: (grpc.StatusCode.PERMISSION_DENIED, "UPSTREAM_AUTH"),
-    403: (grpc.StatusCode.PERMISSION_DENIED, "UPSTREAM_AUTH"),
-    404: (grpc.StatusCode.NOT_FOUND, "UPSTREAM_MODEL_NOT_FOUND"),
-    408: (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT"),
-    413: (grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_BAD_REQUEST"),
-    422: (grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_BAD_REQUEST"),
-    429: (grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_RATE_LIMITED"),
-    500: (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
-    502: (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
-    503: (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
-    504: (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT"),
-    529: (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_OVERLOADED"),
+# HTTP status -> reason (each reason has its gRPC code in imesh.errors).
+_BY_STATUS: dict[int, Reason] = {
+    400: Reason.UPSTREAM_BAD_REQUEST,
+    401: Reason.UPSTREAM_AUTH,
+    403: Reason.UPSTREAM_AUTH,
+    404: Reason.UPSTREAM_MODEL_NOT_FOUND,
+    408: Reason.UPSTREAM_TIMEOUT,
+    413: Reason.UPSTREAM_BAD_REQUEST,
+    422: Reason.UPSTREAM_BAD_REQUEST,
+    429: Reason.UPSTREAM_RATE_LIMITED,
+    500: Reason.UPSTREAM_UNAVAILABLE,
+    502: Reason.UPSTREAM_UNAVAILABLE,
+    503: Reason.UPSTREAM_UNAVAILABLE,
+    504: Reason.UPSTREAM_TIMEOUT,
+    529: Reason.UPSTREAM_OVERLOADED,
 }
 
 # Error `type`s that providers send inside a 200 stream, as the status they stand for.
@@ -77,7 +76,7 @@ def error_from_status(
 ) -> MeshError:
     """A non-2xx provider response as a MeshError (code, reason, RetryInfo, metadata)."""
     error_type, provider_message = _parse_error_body(body)
-    code, reason = _code_for(status)
+    reason = _reason_for(status)
     metadata = {"provider": provider, "http_status": str(status)}
     if error_type:
         metadata["provider_error_type"] = error_type
@@ -85,15 +84,14 @@ def error_from_status(
     if request_id:
         metadata["provider_request_id"] = request_id
     detail = scrub(provider_message, secrets) if provider_message else ""
-    if reason == "UPSTREAM_AUTH":
+    if reason is Reason.UPSTREAM_AUTH:
         # The deployment's key was refused, not the caller's: say so plainly.
         message = f"{provider} rejected the deployment's credentials (HTTP {status})"
     else:
         message = f"{provider}: HTTP {status}"
     if detail:
         message = f"{message}: {detail}"
-    return MeshError(
-        code,
+    return MeshError.of(
         reason,
         truncate_utf8(message),
         retry_after=retry_after_seconds(headers, time.time() if now is None else now),
@@ -105,10 +103,8 @@ def error_from_stream_event(
     provider: str, error_type: str, message: str, *, secrets: Sequence[str] = ()
 ) -> MeshError:
     """An error event inside a 200 stream (Anthropic `event: error`, OpenAI `{"error":..}`)."""
-    status = _STATUS_OF_ERROR_TYPE.get(error_type, 500)
-    code, reason = _code_for(status)
-    return MeshError(
-        code,
+    reason = _reason_for(_STATUS_OF_ERROR_TYPE.get(error_type, 500))
+    return MeshError.of(
         reason,
         truncate_utf8(f"{provider}: {error_type or 'error'} in stream: {scrub(message, secrets)}"),
         metadata={
@@ -119,37 +115,27 @@ def error_from_stream_event(
     )
 
 
-def interrupted(
-    provider: str, why: str, usage: events_pb2.Usage, *, cause: MeshError | None = None
-) -> MeshError:
-    """The stream failed after output began: never retried, carries the usage known."""
-    metadata = {"provider": provider, "http_status": "200"}
-    if cause is not None:
-        metadata.update({k: v for k, v in cause.metadata.items() if k not in metadata})
-        metadata["cause"] = cause.reason
-    return MeshError(
-        grpc.StatusCode.UNAVAILABLE,
-        "UPSTREAM_INTERRUPTED",
-        f"{provider}: stream interrupted after output began: {why}",
-        metadata=metadata,
+def interrupted(cause: MeshError, usage: events_pb2.Usage) -> MeshError:
+    """The stream failed after output began: never retried, carries the usage known. The
+    cause's code, message and metadata are kept; only the reason and usage change."""
+    return cause.replace(
+        reason=Reason.UPSTREAM_INTERRUPTED,
+        message=truncate_utf8(f"{cause.message} (after output began)"),
+        metadata={**cause.metadata, "cause": cause.reason.value},
         usage=usage,
     )
 
 
 def upstream_timeout(provider: str, what: str) -> MeshError:
-    return MeshError(
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        "UPSTREAM_TIMEOUT",
-        f"{provider}: {what}",
-        metadata={"provider": provider},
+    return MeshError.of(
+        Reason.UPSTREAM_TIMEOUT, f"{provider}: {what}", metadata={"provider": provider}
     )
 
 
 def upstream_malformed(provider: str) -> MeshError:
     """A 2xx answer whose body is not the provider's documented shape."""
-    return MeshError(
-        grpc.StatusCode.UNAVAILABLE,
-        "UPSTREAM_UNAVAILABLE",
+    return MeshError.of(
+        Reason.UPSTREAM_MALFORMED,
         f"{provider}: malformed response",
         metadata={"provider": provider},
     )
@@ -157,10 +143,28 @@ def upstream_malformed(provider: str) -> MeshError:
 
 def upstream_unreachable(provider: str, exc: Exception) -> MeshError:
     # Only the exception's type: httpx messages can carry URLs, never anything we need.
-    return MeshError(
-        grpc.StatusCode.UNAVAILABLE,
-        "UPSTREAM_UNAVAILABLE",
+    return MeshError.of(
+        Reason.UPSTREAM_UNAVAILABLE,
         f"{provider}: connection failed ({type(exc).__name__})",
+        metadata={"provider": provider},
+    )
+
+
+def stream_ended_early(provider: str) -> MeshError:
+    return MeshError.of(
+        Reason.UPSTREAM_UNAVAILABLE,
+        f"{provider}: stream ended before its final event",
+        metadata={"provider": provider},
+    )
+
+
+def overloaded(provider: str, waited_s: float, retry_after: float) -> MeshError:
+    """Every connection to the provider was busy for the whole pool wait: the mesh's own
+    queue is full, which says nothing about the provider's health."""
+    return MeshError.of(
+        Reason.OVERLOADED,
+        f"{provider}: all connections busy for {waited_s:g}s",
+        retry_after=retry_after,
         metadata={"provider": provider},
     )
 
@@ -233,20 +237,18 @@ def parse_go_duration(text: str) -> float | None:
     return total if end == len(text) and end > 0 else None
 
 
-def _code_for(status: int) -> tuple[grpc.StatusCode, str]:
+def _reason_for(status: int) -> Reason:
     if status in _BY_STATUS:
         return _BY_STATUS[status]
-    if status >= 500:
-        return grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"
-    return grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_BAD_REQUEST"
+    return Reason.UPSTREAM_UNAVAILABLE if status >= 500 else Reason.UPSTREAM_BAD_REQUEST
 
 
 def _parse_error_body(body: bytes) -> tuple[str, str]:
     """(error type, message) from either shape: OpenAI {"error": {...}} or Anthropic
     {"type": "error", "error": {"type", "message"}}; non-JSON bodies (proxy HTML) give none."""
     try:
-        parsed = json.loads(body[:ERROR_BODY_LIMIT])
-    except (ValueError, UnicodeDecodeError):
+        parsed = orjson.loads(body[:ERROR_BODY_LIMIT])
+    except orjson.JSONDecodeError:
         return "", ""
     if not isinstance(parsed, dict):
         return "", ""

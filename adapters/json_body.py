@@ -3,9 +3,10 @@ arguments) in verbatim: the proto keeps them as text so they are never re-encode
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Any
+
+import orjson
 
 
 class JsonBody:
@@ -26,8 +27,8 @@ class JsonBody:
         return placeholder
 
     def encode(self, body: dict[str, Any]) -> bytes:
-        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        encoded = orjson.dumps(body)
         for index, fragment in enumerate(self._fragments):
-            placeholder = json.dumps(f"\0{self._nonce}:{index}\0")
-            text = text.replace(placeholder, fragment, 1)
-        return text.encode()
+            placeholder = orjson.dumps(f"\0{self._nonce}:{index}\0")
+            encoded = encoded.replace(placeholder, fragment.encode(), 1)
+        return encoded

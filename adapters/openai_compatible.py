@@ -15,6 +15,8 @@ from adapters.openai_translate import OpenAIDialect
 
 
 class OpenAICompatibleBackend(OpenAIStyleBackend):
+    provider = "openai_compatible"
+
     def __init__(
         self,
         config: OpenAICompatibleConfig,
@@ -27,21 +29,18 @@ class OpenAICompatibleBackend(OpenAIStyleBackend):
             key = config.api_key.resolve()
             headers["authorization"] = f"Bearer {key}"
             secrets = (key,)
+        self.dialect = OpenAIDialect(
+            provider=self.provider,
+            max_tokens_field=config.max_tokens_field,
+            stream=config.streaming,
+            include_usage=config.supports_stream_options,
+            supports_tools=config.supports_tools,
+            developer_role=config.supports_developer_role,
+        )
         super().__init__(
-            dialect=OpenAIDialect(
-                provider="openai_compatible",
-                max_tokens_field=config.max_tokens_field,
-                stream=config.streaming,
-                include_usage=config.supports_stream_options,
-                supports_tools=config.supports_tools,
-                developer_role=config.supports_developer_role,
-            ),
-            base_url=config.base_url,
+            config,
             headers=headers,
             secrets=secrets,
-            timeouts=config.timeouts,
-            http2=config.http2,
-            max_connections=config.max_connections,
-            tokenizer=config.tokenizer,
+            streaming=config.streaming,
             transport=transport,
         )

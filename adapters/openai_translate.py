@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from adapters.http_errors import error_from_stream_event
 from adapters.json_body import JsonBody
@@ -112,24 +113,15 @@ def usage_from_openai(usage: dict[str, Any]) -> events_pb2.Usage:
 class OpenAIStreamTranslator(TranslatorState):
     """chat.completion.chunk events → ChatEvents, for one call (choice 0 only)."""
 
-    def __init__(
-        self,
-        chat: chat_pb2.ChatInput,
-        counter: TokenCounter,
-        *,
-        provider: str,
-        secrets: Sequence[str],
-    ) -> None:
-        super().__init__(chat, counter, provider=provider, secrets=secrets)
-        self._usage: events_pb2.Usage | None = None
-        self._finish: events_pb2.FinishReason.ValueType | None = None
-        self._tool_calls = False
+    _usage: events_pb2.Usage | None = None
+    _finish: events_pb2.FinishReason.ValueType | None = None
+    _tool_calls = False
 
-    def feed(self, event: SSEEvent) -> list[events_pb2.ChatEvent]:
-        if event.data == "[DONE]":
+    def feed(self, event: SSEEvent, out: list[events_pb2.ChatEvent]) -> None:
+        if event.data == b"[DONE]":
             self._done = True
-            return []
-        chunk = json.loads(event.data)
+            return
+        chunk = orjson.loads(event.data)
         if not isinstance(chunk, dict):
             raise ValueError("chunk is not an object")
         error = chunk.get("error")
@@ -144,13 +136,9 @@ class OpenAIStreamTranslator(TranslatorState):
         usage = chunk.get("usage")
         if usage:
             self._usage = usage_from_openai(usage)
-        out: list[events_pb2.ChatEvent] = []
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) == 0:
                 self._choice(choice, out)
-        if out:
-            self._started = True
-        return out
 
     def _choice(self, choice: dict[str, Any], out: list[events_pb2.ChatEvent]) -> None:
         delta = choice.get("delta") or {}

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import AsyncIterator
 
 import grpc
 
-from adapters.backend import Backend
+from adapters.backend import Backend, Batch
 from adapters.config import RemoteConfig
+from adapters.deadline import Deadline
 from adapters.hop_auth import ClientSecurity
-from imesh.errors import MeshError
+from imesh.errors import MeshError, Reason
 from imesh.v1 import adapter_service_pb2, adapter_service_pb2_grpc, events_pb2
 
 # Without a local pool, channels to one target share a single connection.
@@ -44,25 +44,26 @@ class RemoteBackend(Backend):
         return self._stubs[next(self._next) % len(self._stubs)]
 
     async def chat(
-        self, request: adapter_service_pb2.GenerateRequest, deadline: float | None
-    ) -> AsyncIterator[events_pb2.ChatEvent]:
+        self, request: adapter_service_pb2.GenerateRequest, deadline: Deadline
+    ) -> AsyncIterator[Batch]:
+        """Each message the adapter sends is one batch, as the adapter's backend made it."""
         timeout: float | None = None
-        if deadline is not None:
-            timeout = deadline - time.monotonic()
+        if deadline.bounded:
+            timeout = deadline.remaining()
             if timeout <= 0:
-                raise MeshError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    "DEADLINE_EXCEEDED",
-                    "deadline passed before the adapter call",
+                raise MeshError.of(
+                    Reason.UPSTREAM_TIMEOUT, "deadline passed before the adapter call"
                 )
         call = self._stub().Generate(request, timeout=timeout, metadata=self._security.metadata)
         last_usage: events_pb2.Usage | None = None
         try:
             async for response in call:
-                for event in response.events:
+                batch = list(response.events)
+                for event in reversed(batch):
                     if event.HasField("usage"):
                         last_usage = event.usage
-                    yield event
+                        break
+                yield batch
         except grpc.aio.AioRpcError as exc:
             raise self._mesh_error(exc, last_usage) from None
         finally:
@@ -71,12 +72,13 @@ class RemoteBackend(Backend):
 
     def _mesh_error(self, exc: grpc.aio.AioRpcError, usage: events_pb2.Usage | None) -> MeshError:
         err = MeshError.from_rpc_error(exc)
-        if err.reason == err.code.name and err.code is grpc.StatusCode.UNAVAILABLE:
+        if err.reason is Reason.UNSPECIFIED and err.code is grpc.StatusCode.UNAVAILABLE:
             # No ErrorInfo: the transport failed, not the provider behind the adapter.
-            err.reason = "ADAPTER_UNAVAILABLE"
-            err.message = f"adapter at {self._config.address} unavailable: {err.message}"
-        err.usage = usage
-        return err
+            err = err.replace(
+                reason=Reason.ADAPTER_UNAVAILABLE,
+                message=f"adapter at {self._config.address} unavailable: {err.message}",
+            )
+        return err.with_usage(usage) if usage is not None else err
 
     async def aclose(self) -> None:
         channels, self._channels, self._stubs = self._channels, [], []

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -14,10 +12,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from adapters.backend import Backend
-from adapters.coalesce import coalesce
+from adapters.deadline import Deadline
 from adapters.hop_auth import ServerSecurity
 from adapters.http_errors import truncate_utf8
-from imesh.errors import MeshError
+from imesh.errors import MeshError, Reason
 from imesh.v1 import adapter_service_pb2, adapter_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -28,8 +26,8 @@ SERVICE_NAME: Final = adapter_service_pb2.DESCRIPTOR.services_by_name["AdapterSe
 class AdapterServicer(adapter_service_pb2_grpc.AdapterServiceServicer):
     """Relays one Backend's events as GenerateResponse batches.
 
-    Events that are ready together go out in one message (adapters.coalesce), the first is
-    never held back; closing the call closes the backend's iterator.
+    Each batch the backend yields goes out as one message, at once; closing the call
+    closes the backend's iterator.
     """
 
     def __init__(self, backend: Backend) -> None:
@@ -43,20 +41,20 @@ class AdapterServicer(adapter_service_pb2_grpc.AdapterServiceServicer):
         ],
     ) -> AsyncIterator[adapter_service_pb2.GenerateResponse]:
         remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None else None
-        # Window 0: batch only what is ready together; the adapter adds no delay of its own.
-        batches = coalesce(self._backend.chat(request, deadline), window_s=0.0)
+        deadline = Deadline.after(remaining)
+        # One message per batch: the backend already batched what one upstream read gave.
+        stream = self._backend.chat(request, deadline)
         try:
-            async for batch in batches:
+            async for batch in stream:
                 yield adapter_service_pb2.GenerateResponse(events=batch)
             return
         except Exception as exc:  # any usage yielded before the failure was relayed above
             failure = _as_mesh_error(exc)
         finally:
-            await batches.aclose()
+            await stream.aclose()  # type: ignore[attr-defined]
         # A status past gRPC's trailer limit reaches the caller as a bare RESOURCE_EXHAUSTED:
         # keep the message short so the code, reason and retry_after arrive.
-        failure = dataclasses.replace(failure, message=truncate_utf8(failure.message))
+        failure = failure.replace(message=truncate_utf8(failure.message))
         status = failure.to_status()
         await context.abort(status.code, status.details, status.trailing_metadata)
 
@@ -65,7 +63,7 @@ def _as_mesh_error(exc: BaseException) -> MeshError:
     if isinstance(exc, MeshError):
         return exc
     log.error("backend raised an unexpected error", exc_info=exc)
-    return MeshError(grpc.StatusCode.INTERNAL, "ADAPTER_ERROR", "the adapter failed unexpectedly")
+    return MeshError.of(Reason.BACKEND_CRASHED, "the adapter failed unexpectedly")
 
 
 class AdapterServer:
@@ -96,6 +94,10 @@ class AdapterServer:
         await self._server.wait_for_termination()
 
 
+# Request metadata beyond this is refused (RESOURCE_EXHAUSTED); gRPC's hard limit is 1.25x.
+MAX_METADATA_BYTES = 8 * 1024
+
+
 async def start_adapter_server(
     backend: Backend,
     listen: str,
@@ -111,7 +113,8 @@ async def start_adapter_server(
     """
     # No SO_REUSEPORT: a second server on a busy port must fail, not share it silently.
     server = grpc.aio.server(
-        interceptors=security.interceptors, options=[("grpc.so_reuseport", 0)]
+        interceptors=security.interceptors,
+        options=[("grpc.so_reuseport", 0), ("grpc.max_metadata_size", MAX_METADATA_BYTES)],
     )
     adapter_service_pb2_grpc.add_AdapterServiceServicer_to_server(AdapterServicer(backend), server)
     health_servicer = health_aio.HealthServicer()

@@ -8,20 +8,20 @@ drill can be replayed exactly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import random
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
 
-from adapters.backend import Backend
+from adapters.backend import Backend, Batch
 from adapters.config import SimulatedConfig
-from imesh.errors import MeshError, invalid_argument
+from adapters.deadline import Deadline
+from imesh.errors import MeshError, Reason, invalid_argument
 from imesh.v1 import adapter_service_pb2, chat_pb2, events_pb2
 
 RngFactory = Callable[[int], random.Random]
@@ -72,102 +72,116 @@ class SimulatedBackend(Backend):
         self.last_cancelled_at: float | None = None
 
     async def chat(
-        self, request: adapter_service_pb2.GenerateRequest, deadline: float | None
-    ) -> AsyncIterator[events_pb2.ChatEvent]:
+        self, request: adapter_service_pb2.GenerateRequest, deadline: Deadline
+    ) -> AsyncIterator[Batch]:
+        """Units due together go out as one batch, as a provider's burst arrives in one read."""
         self.calls_started += 1
+        cfg = self._config
+        start = time.monotonic()
         try:
-            async with contextlib.aclosing(self._generate(request, deadline)) as events:
-                async for event in events:
-                    yield event
+            if self._error_rng.random() < cfg.error_rate:
+                raise self._drawn_error()
+            rng = self._rng_factory(self._request_seed(request))
+            units, finish = _plan(request.input, rng, cfg.completion_tokens)
+            prompt_tokens = _prompt_tokens(request.input)
+            first_due = start + cfg.ttft_ms / 1000.0
+            completion = 0
+            failure: MeshError | None = None
+            sent = 0
+            total = len(units)
+            while sent < total:
+                if sent == cfg.cut_after_tokens:
+                    failure = MeshError.of(
+                        Reason.UPSTREAM_INTERRUPTED, f"simulated stream cut after {sent} tokens"
+                    )
+                    break
+                due = None if sent == cfg.stall_after_tokens else first_due + sent * self._interval
+                if not await _sleep_until(due, deadline):
+                    failure = MeshError.of(
+                        Reason.UPSTREAM_TIMEOUT, f"deadline passed after {sent} simulated tokens"
+                    )
+                    break
+                # Everything due by now (and before a stall or cut) goes in this batch.
+                now = time.monotonic() + _SLACK_S
+                end = sent + 1
+                while (
+                    end < total
+                    and end != cfg.cut_after_tokens
+                    and end != cfg.stall_after_tokens
+                    and first_due + end * self._interval <= now
+                ):
+                    end += 1
+                batch = [unit.event for unit in units[sent:end]]
+                completion += sum(unit.tokens for unit in units[sent:end])
+                sent = end
+                if sent == total:
+                    batch.append(_usage(prompt_tokens, completion))
+                    batch.append(events_pb2.ChatEvent(finish=events_pb2.Finish(reason=finish)))
+                yield batch
+            if failure is None:
+                if not total:
+                    yield [
+                        _usage(prompt_tokens, 0),
+                        events_pb2.ChatEvent(finish=events_pb2.Finish(reason=finish)),
+                    ]
+                return
+            if sent:  # output began: the caller is owed the usage so far (Backend contract)
+                usage = _usage(prompt_tokens, completion)
+                yield [usage]
+                failure = failure.with_usage(usage.usage)
+            raise failure
         except (GeneratorExit, asyncio.CancelledError):
             self.calls_cancelled += 1
             self.last_cancelled_at = time.monotonic()
             raise
 
-    async def _generate(
-        self, request: adapter_service_pb2.GenerateRequest, deadline: float | None
-    ) -> AsyncGenerator[events_pb2.ChatEvent, None]:
-        cfg = self._config
-        start = time.monotonic()
-        if self._error_rng.random() < cfg.error_rate:
-            raise self._drawn_error()
-        rng = self._rng_factory(self._request_seed(request))
-        units, finish = _plan(request.input, rng, cfg.completion_tokens)
-        prompt_tokens = _prompt_tokens(request.input)
-        first_due = start + cfg.ttft_ms / 1000.0
-        completion = 0
-
-        def usage() -> events_pb2.ChatEvent:
-            return events_pb2.ChatEvent(
-                usage=events_pb2.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion)
-            )
-
-        failure: MeshError | None = None
-        sent = 0
-        for i, unit in enumerate(units):
-            if i == cfg.cut_after_tokens:
-                failure = MeshError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    "UPSTREAM_INTERRUPTED",
-                    f"simulated stream cut after {i} tokens",
-                )
-                break
-            due = None if i == cfg.stall_after_tokens else first_due + i * self._interval
-            if not await _sleep_until(due, deadline):
-                failure = MeshError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    "DEADLINE_EXCEEDED",
-                    f"deadline passed after {i} simulated tokens",
-                )
-                break
-            yield unit.event
-            sent = i + 1
-            completion += unit.tokens
-        if failure is None:
-            yield usage()
-            yield events_pb2.ChatEvent(finish=events_pb2.Finish(reason=finish))
-            return
-        if sent:  # output began: the caller is owed the usage so far (Backend contract)
-            failure.usage = usage().usage
-            yield usage()
-        raise failure
-
     def _drawn_error(self) -> MeshError:
         kind = self._config.error_kind
         if kind == "rate_limited":
-            return MeshError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "UPSTREAM_RATE_LIMITED",
+            return MeshError.of(
+                Reason.UPSTREAM_RATE_LIMITED,
                 "simulated provider rate limit (429)",
                 retry_after=self._config.retry_after_s,
             )
         if kind == "internal":
+            # A provider's 500, kept apart from "unavailable" by its code.
             return MeshError(
-                grpc.StatusCode.INTERNAL, "UPSTREAM_ERROR", "simulated provider error (500)"
+                grpc.StatusCode.INTERNAL,
+                Reason.UPSTREAM_UNAVAILABLE,
+                "simulated provider error (500)",
             )
-        return MeshError(
-            grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", "simulated provider unavailable"
-        )
+        return MeshError.of(Reason.UPSTREAM_UNAVAILABLE, "simulated provider unavailable")
 
     def _request_seed(self, request: adapter_service_pb2.GenerateRequest) -> int:
         digest = hashlib.blake2b(digest_size=8)
         digest.update(str(self._config.seed).encode())
         digest.update(request.provider_model.encode())
-        digest.update(request.input.SerializeToString(deterministic=True))
+        chat_input = request.input
+        if chat_input.stop:  # stop sequences cut the answer; they do not choose it
+            chat_input = chat_pb2.ChatInput()
+            chat_input.CopyFrom(request.input)
+            chat_input.ClearField("stop")
+        digest.update(chat_input.SerializeToString(deterministic=True))
         return int.from_bytes(digest.digest(), "big")
 
 
-async def _sleep_until(due: float | None, deadline: float | None) -> bool:
+def _usage(prompt_tokens: int, completion_tokens: int) -> events_pb2.ChatEvent:
+    return events_pb2.ChatEvent(
+        usage=events_pb2.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    )
+
+
+async def _sleep_until(due: float | None, deadline: Deadline) -> bool:
     """Sleep to the absolute instant `due` (None: forever), cut short by the deadline.
 
     Returns False when the deadline cut the wait. Waiting for absolute instants keeps the
     pace free of drift; instants already (nearly) due cost no sleep at all.
     """
     now = time.monotonic()
-    if deadline is not None and now >= deadline:
+    if deadline.expired():
         return False
-    if deadline is not None and (due is None or due >= deadline):
-        await asyncio.sleep(max(0.0, deadline - now))
+    if deadline.bounded and (due is None or due >= deadline.at):
+        await asyncio.sleep(deadline.remaining())
         return False
     if due is None:
         await asyncio.Event().wait()  # until cancelled
@@ -205,7 +219,13 @@ def _plan(
         text = json.dumps({"answer": _sentence(rng, max(1, completion_tokens - 3)).strip()})
     else:
         text = _sentence(rng, completion_tokens)
-    pieces = re.findall(r"\s*\S+", text)
+    # As a model does: the output ends before the first stop sequence, which is not sent.
+    cut = min(
+        (i for i in (text.find(stop) for stop in chat_input.stop if stop) if i >= 0), default=-1
+    )
+    if cut >= 0:
+        text = text[:cut]
+    pieces = re.findall(r"\s*\S+|\s+$", text)
     limit = chat_input.max_tokens if chat_input.HasField("max_tokens") else 0
     finish = events_pb2.FINISH_REASON_STOP
     if 0 < limit < len(pieces):

@@ -6,9 +6,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from adapters.http_errors import upstream_malformed
 from adapters.sse import SSEEvent
 from adapters.usage_estimate import TokenCounter
+from imesh.errors import MeshError
 from imesh.v1 import chat_pb2, events_pb2
+
+# What decoding a body of the wrong shape raises: bad JSON or bad UTF-8 (ValueError), or
+# valid JSON with a null, list or string where an object or number belongs (TypeError,
+# AttributeError). All are the provider's fault, never ours.
+MALFORMED = (ValueError, TypeError, AttributeError)
 
 
 class StreamTranslator(Protocol):
@@ -22,8 +29,11 @@ class StreamTranslator(Protocol):
     def done(self) -> bool:
         """True once the provider's terminal event arrived."""
 
-    def feed(self, event: SSEEvent) -> list[events_pb2.ChatEvent]:
-        """Events for one SSE event; raises MeshError for an in-stream provider error."""
+    def translate(
+        self, events: list[SSEEvent]
+    ) -> tuple[list[events_pb2.ChatEvent], MeshError | None]:
+        """The ChatEvents of one read's SSE events, in one pass, and the failure that
+        stopped the pass, if any (the events before it are kept)."""
 
     async def final_events(self) -> list[events_pb2.ChatEvent]:
         """The closing usage and finish events of a complete stream."""
@@ -33,8 +43,9 @@ class StreamTranslator(Protocol):
 
 
 class TranslatorState:
-    """What every translator tracks for one call. `_seen` keeps the completion text for a
-    local count if the provider's usage never comes (bounded by the completion itself)."""
+    """What every translator tracks for one call, and the one `translate` loop; a
+    subclass implements `feed(event, out)`. `_seen` keeps the completion text for a local
+    count if the provider's usage never comes (bounded by the completion itself)."""
 
     def __init__(
         self,
@@ -51,6 +62,10 @@ class TranslatorState:
         self._seen: list[str] = []
         self._started = False
         self._done = False
+        self._begin()
+
+    def _begin(self) -> None:
+        """A subclass's own per-call state, set up after the shared state."""
 
     @property
     def output_started(self) -> bool:
@@ -59,6 +74,29 @@ class TranslatorState:
     @property
     def done(self) -> bool:
         return self._done
+
+    def translate(
+        self, events: list[SSEEvent]
+    ) -> tuple[list[events_pb2.ChatEvent], MeshError | None]:
+        out: list[events_pb2.ChatEvent] = []
+        try:
+            for event in events:
+                if self._done:
+                    break  # past the terminal event nothing counts
+                self.feed(event, out)
+        except MeshError as err:
+            return out, err
+        except MALFORMED:
+            return out, upstream_malformed(self._provider)
+        finally:
+            if out:
+                self._started = True
+        return out, None
+
+    def feed(self, event: SSEEvent, out: list[events_pb2.ChatEvent]) -> None:
+        """Appends the ChatEvents of one SSE event to `out`; raises MeshError for an
+        in-stream provider error."""
+        raise NotImplementedError
 
     async def _estimate(self) -> events_pb2.Usage:
         return await self._counter.estimate(self._chat, self._seen)

@@ -16,6 +16,7 @@ import pytest
 
 from adapters.anthropic_messages import AnthropicMessagesBackend
 from adapters.anthropic_translate import AnthropicStreamTranslator
+from adapters.deadline import NO_DEADLINE, Deadline
 from adapters.config import AnthropicConfig
 from adapters.sse import SSEEvent
 from adapters.usage_estimate import TokenCounter
@@ -219,7 +220,7 @@ async def test_json_schema_is_served_by_a_forced_tool_and_relayed_as_content(
 
 
 def _sse(kind: str, data: dict[str, Any]) -> SSEEvent:
-    return SSEEvent(kind, json.dumps({"type": kind, **data}))
+    return SSEEvent(kind, json.dumps({"type": kind, **data}).encode())
 
 
 @pytest.mark.parametrize(
@@ -236,21 +237,22 @@ async def test_stop_reason_maps_to_finish_reason(stop_reason: str, finish: int) 
     translator = AnthropicStreamTranslator(
         generate().input, TokenCounter("cl100k_base"), provider="anthropic", secrets=()
     )
-    translator.feed(
-        _sse("message_start", {"message": {"usage": {"input_tokens": 5, "output_tokens": 1}}})
+    events, failure = translator.translate(
+        [
+            _sse("message_start", {"message": {"usage": {"input_tokens": 5, "output_tokens": 1}}}),
+            _sse(
+                "content_block_start",
+                {"index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "f"}},
+            ),
+            _sse(
+                "message_delta",
+                {"delta": {"stop_reason": stop_reason}, "usage": {"output_tokens": 7}},
+            ),
+            _sse("message_stop", {}),
+        ]
     )
-    translator.feed(
-        _sse(
-            "content_block_start",
-            {"index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "f"}},
-        )
-    )
-    translator.feed(
-        _sse(
-            "message_delta", {"delta": {"stop_reason": stop_reason}, "usage": {"output_tokens": 7}}
-        )
-    )
-    translator.feed(_sse("message_stop", {}))
+    assert failure is None
+    assert [e.tool_call.name for e in events] == ["f"]
     assert translator.done
     final = await translator.final_events()
     assert final[0].usage == events_pb2.Usage(prompt_tokens=5, completion_tokens=7)
@@ -458,7 +460,7 @@ async def test_caller_deadline_bounds_the_wait_before_first_byte(
 ) -> None:
     fake.enqueue(Reply(stall_before_headers=True))
     started = time.monotonic()
-    _, error = await collect(make(), generate(), deadline=time.monotonic() + 0.2)
+    _, error = await collect(make(), generate(), deadline=Deadline.after(0.2))
     assert error is not None
     assert error.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 2.0
@@ -468,9 +470,9 @@ async def test_closing_the_stream_closes_the_upstream_connection_within_100ms(
     fake: FakeProvider, make: Make
 ) -> None:
     fake.enqueue(Reply.cassette("anthropic/stream_text", stall_after_events=4))
-    stream = make().chat(generate(), None)
+    stream = make().chat(generate(), NO_DEADLINE)
     first = await anext(stream)
-    assert first.content.text == "Hello"
+    assert first[0].content.text == "Hello"
     closed_at = time.monotonic()
     await stream.aclose()  # type: ignore[attr-defined]
     await asyncio.wait_for(fake.disconnected.wait(), 0.1)
@@ -485,7 +487,7 @@ async def test_cancelling_the_consumer_task_closes_the_upstream_connection(
     got_first = asyncio.Event()
 
     async def consume() -> None:
-        async for _ in make().chat(generate(), None):
+        async for _ in make().chat(generate(), NO_DEADLINE):
             got_first.set()
 
     task = asyncio.create_task(consume())

@@ -12,7 +12,7 @@ import pytest
 
 from adapters.anthropic_messages import AnthropicMessagesBackend
 from adapters.config import AnthropicConfig, RemoteConfig
-from adapters.factory import build_backends
+from adapters.registry import build_backends
 from adapters.remote import RemoteBackend
 from adapters.service import start_adapter_server
 from gateway.server import start_gateway

@@ -13,6 +13,7 @@ import grpc
 import openai
 import pytest
 
+from adapters.deadline import NO_DEADLINE, Deadline
 from adapters.config import OpenAIConfig
 from adapters.openai_chat import OpenAIChatBackend
 from imesh.v1 import chat_pb2, events_pb2
@@ -321,14 +322,15 @@ async def test_a_chunk_of_the_wrong_shape_after_output_yields_usage_then_interru
     assert error.usage == usages(events)[-1]
 
 
-async def test_a_whole_completion_of_the_wrong_shape_is_unavailable(
+async def test_a_whole_completion_of_the_wrong_shape_is_upstream_malformed(
     fake: FakeProvider, make: Make
 ) -> None:
     fake.enqueue(Reply(body=b'{"choices":[null]}'))
     events, error = await collect(make(streaming=False), generate())
     assert events == []
     assert error is not None
-    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE")
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_MALFORMED")
+    assert error.retryable
 
 
 async def test_stall_before_first_byte_is_deadline_exceeded(fake: FakeProvider, make: Make) -> None:
@@ -354,7 +356,7 @@ async def test_caller_deadline_mid_stream_is_deadline_exceeded_with_usage(
     fake: FakeProvider, make: Make
 ) -> None:
     fake.enqueue(Reply.cassette("openai/stream_text", stall_after_events=3))
-    events, error = await collect(make(), generate(), deadline=time.monotonic() + 0.3)
+    events, error = await collect(make(), generate(), deadline=Deadline.after(0.3))
     assert text_of(events) == "Hello there"
     assert error is not None
     assert error.code == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -366,8 +368,8 @@ async def test_closing_the_stream_closes_the_upstream_connection_within_100ms(
     fake: FakeProvider, make: Make
 ) -> None:
     fake.enqueue(Reply.cassette("openai/stream_text", stall_after_events=3))
-    stream = make().chat(generate(), None)
-    assert (await anext(stream)).content.text == "Hello"
+    stream = make().chat(generate(), NO_DEADLINE)
+    assert (await anext(stream))[0].content.text == "Hello"
     await stream.aclose()  # type: ignore[attr-defined]
     await asyncio.wait_for(fake.disconnected.wait(), 0.1)
 

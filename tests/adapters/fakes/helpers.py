@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from adapters.backend import Backend
+from adapters.deadline import NO_DEADLINE, Deadline
 from imesh.errors import MeshError
 from imesh.v1 import adapter_service_pb2, chat_pb2, events_pb2
 
@@ -35,17 +36,28 @@ def generate(
 async def collect(
     backend: Backend,
     request: adapter_service_pb2.GenerateRequest,
-    deadline: float | None = None,
+    deadline: Deadline = NO_DEADLINE,
 ) -> tuple[list[events_pb2.ChatEvent], MeshError | None]:
-    """All events until the end or the MeshError that ended the stream."""
-    events: list[events_pb2.ChatEvent] = []
-    stream: AsyncIterator[events_pb2.ChatEvent] = backend.chat(request, deadline)
+    """All events (batches flattened) until the end or the MeshError that ended the stream."""
+    events, error = await collect_batches(backend, request, deadline)
+    return [event for batch in events for event in batch], error
+
+
+async def collect_batches(
+    backend: Backend,
+    request: adapter_service_pb2.GenerateRequest,
+    deadline: Deadline = NO_DEADLINE,
+) -> tuple[list[list[events_pb2.ChatEvent]], MeshError | None]:
+    """All batches until the end or the MeshError that ended the stream."""
+    batches: list[list[events_pb2.ChatEvent]] = []
+    stream: AsyncIterator[list[events_pb2.ChatEvent]] = backend.chat(request, deadline)
     try:
-        async for event in stream:
-            events.append(event)
+        async for batch in stream:
+            assert batch, "a backend never yields an empty batch"
+            batches.append(batch)
     except MeshError as err:
-        return events, err
-    return events, None
+        return batches, err
+    return batches, None
 
 
 def text_of(events: list[events_pb2.ChatEvent]) -> str:
