@@ -1,82 +1,89 @@
-"""One attempt: a backend stream run in its own task, with first-token and attempt timeouts."""
+"""One attempt: a call to one deployment, opened in its own task, then read by the request."""
 
 from __future__ import annotations
 
 import asyncio
-import math
+import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 
-from adapters.backend import Backend
-from imesh.errors import MeshError
-from imesh.v1 import adapter_service_pb2, chat_pb2, events_pb2
-from router.policies.base import Candidate
-from router.recorder import CALLER_DEADLINE, AttemptRecord, Outcome, Recorder, outcome_of
+from adapters.backend import Backend, Batch
+from adapters.deadline import Deadline
+from imesh.errors import MeshError, Reason
+from imesh.v1 import adapter_service_pb2, events_pb2
+from router.breaker import Permit
+from router.candidate import Candidate
+from router.config import Timeouts
+from router.read_timer import ReadTimer
+from router.recorder import AttemptKind, AttemptRecord, Outcome, Recorder, outcome_of
+from router.scope import RequestScope
 
-# Events an attempt may hold before its consumer takes them; the backend waits beyond it.
-QUEUE_SIZE = 64
-# In a burst, hand the loop to the consumer after this many events.
-YIELD_EVERY = 16
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptLimits:
-    """Absolute instants on the router's clock (None: no bound)."""
-
-    first_token_at: float
-    attempt_at: float
-    request_at: float | None
-
-
-class _End:
-    """Queue sentinel: the attempt's stream ended (its record is set)."""
-
-
-END = _End()
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 
 class Attempt:
-    """Lifecycle: `start()` once; the task pushes events into `events` (bounded) and ends
-    with END. `signals` (shared by the request's attempts) gets this attempt once, when it
-    has its first output (content or tool call), finished without output, or failed before
-    output. `cancel()` closes the backend iterator; `record` is set when the task ends.
+    """Lifecycle:
+
+    - `start()` runs the opening in the attempt's own task: open the backend stream and
+      read it until the first batch with output (content or a tool call), its end, or a
+      failure; then call `on_ready(self)` once. An attempt that ended is recorded by then.
+    - An attempt with output waits there, its stream open, until the request decides:
+      `take_over()` (it won: from now on the request's task reads the stream directly
+      with `read()`, no queue between them) or `cancel()` (it lost: its task closes the
+      stream and records it).
+    - `close()` ends it whatever its state: the backend stream is closed and the attempt
+      recorded, exactly once (a hedge cancelled before its task ran included).
+
+    One ReadTimer bounds every read: first the first-token limit, rescheduled at the
+    first output to the attempt's limit; the request's deadline bounds both.
     """
 
     def __init__(
         self,
-        *,
+        scope: RequestScope,
         candidate: Candidate,
+        permit: Permit,
         backend: Backend,
-        request: chat_pb2.ChatInput,
-        number: int,
-        hedge: bool,
-        request_id: str,
-        prompt_tokens_estimate: int,
-        limits: AttemptLimits,
+        *,
+        kind: AttemptKind,
+        timeouts: Timeouts,
         recorder: Recorder,
-        signals: asyncio.Queue[Attempt],
-        clock: Callable[[], float],
+        on_ready: Callable[[Attempt], None],
     ) -> None:
+        self.scope = scope
         self.candidate = candidate
-        self.number = number
-        self.hedge = hedge
-        self.events: asyncio.Queue[events_pb2.ChatEvent | _End] = asyncio.Queue(QUEUE_SIZE)
+        self.permit = permit
+        self.kind = kind
+        self.number = len(scope.attempts) + 1
+        self.started_at = time.monotonic()
+        self.ended_at: float | None = None
+        self.first_output_at: float | None = None
+        self.first_output: Batch = []
+        self.usage: events_pb2.Usage | None = None  # the last the backend reported
+        self.finish: events_pb2.Finish | None = None
+        self.output_chars = 0
         self.error: MeshError | None = None
         self.record: AttemptRecord | None = None
-        self.started_at = 0.0
-        self.first_output_at: float | None = None
+        plan = scope.plan
+        self.prompt_tokens_estimate = plan.prompt_tokens_estimate if plan is not None else 0
         self._backend = backend
-        self._request = request
-        self._request_id = request_id
-        self._prompt_tokens_estimate = prompt_tokens_estimate
-        self._limits = limits
         self._recorder = recorder
-        self._signals = signals
-        self._clock = clock
-        self._signalled = False
+        self._on_ready = on_ready
+        self._timer = ReadTimer()
+        self._attempt_deadline = min(Deadline(self.started_at + timeouts.attempt), scope.deadline)
+        self._first_token_at = Deadline(self.started_at + timeouts.first_token)
+        self._first_deadline = min(self._first_token_at, self._attempt_deadline)
+        self._stream: AsyncIterator[Batch] | None = None
+        self._handed_over: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._ran = False
+        # The stream ended without output or error while opening: recorded (as a success)
+        # once the request knows whether it won.
+        self.ended_clean = False
+        self.span: Span | None = None  # while tracing is on (router.tracing)
 
     @property
     def deployment(self) -> str:
@@ -85,7 +92,11 @@ class Attempt:
     @property
     def has_output(self) -> bool:
         """True once the attempt can win: output began, or it ended without error."""
-        return self.first_output_at is not None or (self.record is not None and self.error is None)
+        return self.first_output_at is not None or self.ended_clean
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_output_at is None else self.first_output_at - self.started_at
 
     @property
     def task(self) -> asyncio.Task[None]:
@@ -93,173 +104,186 @@ class Attempt:
         return self._task
 
     def start(self) -> None:
-        self.started_at = self._clock()
-        self._recorder.begin(self.candidate)
+        self._recorder.begin(self)
+        tracer = self._recorder.tracer
         self._task = asyncio.create_task(
-            self._run(), name=f"attempt-{self._request_id}-{self.number}"
+            self._open(),
+            name=f"attempt-{self.scope.request_id}-{self.number}",
+            context=None if tracer is None else tracer.attempt_context(self),
         )
-        self._task.add_done_callback(lambda _: self.settle())
+        self._task.add_done_callback(self._cancelled)
 
-    def settle(self) -> None:
-        """Records the end of an attempt whose task ended without running `_run`; a no-op
-        otherwise. A task cancelled before its first step (a hedge that lost in the loop
-        turn it was launched in) never runs its body, yet its end must be recorded, once,
-        so its breaker slot and in-flight count come back. Nothing reached the upstream.
-        Runs as the task's done callback, and from the executor's close (a task is done
-        before its callbacks run)."""
-        if self.record is None and self._task is not None and self._task.done():
-            self._finish(Outcome.CANCELLED, None, None, 0, prompt_sent=False)
+    def take_over(self) -> None:
+        """The request's task reads the stream from now on (the attempt won)."""
+        if self._handed_over is not None and not self._handed_over.done():
+            self._handed_over.set_result(None)
 
     def cancel(self) -> None:
         if self._task is not None:
             self._task.cancel()
 
-    def _signal(self) -> None:
-        if not self._signalled:
-            self._signalled = True
-            self._signals.put_nowait(self)
+    async def read(self) -> Batch | None:
+        """The winner's next output batch (content and tool calls, in order; empty when
+        the batch held only usage or the finish), or None once the stream ended: then
+        `error` says how, and the attempt is recorded."""
+        if self.ended_clean:
+            self._finish(Outcome.SUCCESS, None)
+        stream = self._stream
+        while self.record is None and stream is not None:
+            try:
+                batch = await self._timer.read(stream)
+            except StopAsyncIteration:
+                await self._end(None)
+                return None
+            except asyncio.CancelledError:
+                await self._abandon()
+                raise
+            except Exception as exc:
+                await self._end(self._error_of(exc))
+                return None
+            out = self._take(batch)
+            if out or self.finish is not None:
+                return out
+        return None
 
-    async def _run(self) -> None:
+    async def close(self) -> None:
+        """Closes the stream and records the attempt as cancelled, unless it already
+        ended. Waits for the attempt's task when it still runs."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.wait([self._task])
+        await self._abandon()
+
+    # -- the opening, in the attempt's own task ------------------------------------------
+
+    async def _open(self) -> None:
         deployment = self.candidate.deployment
         generate = adapter_service_pb2.GenerateRequest(
-            input=self._request, provider_model=deployment.model, deployment=deployment.name
+            input=self.scope.request, provider_model=deployment.model, deployment=deployment.name
         )
-        usage: events_pb2.Usage | None = None
-        chars = 0
-        relayed = 0
-        outcome = Outcome.CANCELLED
-        error: MeshError | None = None
-        limits = self._limits
-        loop = asyncio.get_running_loop()
+        self._ran = True
+        timer = self._timer
+        timer.reschedule(self._first_deadline)
         try:
             # Inside the try: a backend may refuse before returning a stream, and that must
-            # end the attempt (signal, record) like any failure, not kill the task silently.
-            stream = self._backend.chat(generate, limits.request_at)
-            try:
-                first_at = _earliest(limits.first_token_at, limits.attempt_at, limits.request_at)
-                async with asyncio.timeout_at(self._loop_at(loop, first_at)) as timer:
-                    async for event in stream:
-                        which = event.WhichOneof("event")
-                        if which == "usage":
-                            usage = event.usage
-                        elif which == "content":
-                            chars += len(event.content.text)
-                        elif which == "tool_call":
-                            chars += len(event.tool_call.arguments_delta) + len(
-                                event.tool_call.name
-                            )
-                        first = self.first_output_at is None and which in ("content", "tool_call")
-                        if first:
-                            self.first_output_at = self._clock()
-                            rest = _earliest(limits.attempt_at, limits.request_at)
-                            timer.reschedule(self._loop_at(loop, rest))
-                            self._signal()
-                        await self.events.put(event)
-                        relayed += 1
-                        if first or relayed % YIELD_EVERY == 0:
-                            # A burst read in one go never suspends the loop by itself: let
-                            # the consumer send the first token now, and keep the rest from
-                            # starving it.
-                            await asyncio.sleep(0)
-            except TimeoutError:
-                error = self._timeout_error()
-            finally:
-                await _aclose(stream)
-            outcome = outcome_of(error)
-        except MeshError as exc:
-            error = exc
-            outcome = outcome_of(exc)
+            # end the attempt (record, signal) like any failure.
+            stream = self._stream = self._backend.chat(generate, self.scope.deadline)
+            while True:
+                out = self._take(await timer.read(stream))
+                if out:
+                    break
+        except StopAsyncIteration:
+            await self._aclose_stream()
+            self.ended_clean = True
         except asyncio.CancelledError:
-            self._finish(Outcome.CANCELLED, None, usage, chars)
+            await self._abandon()
             raise
-        except Exception as exc:  # a crashing backend is an upstream failure, not ours
-            error = MeshError(
-                grpc.StatusCode.INTERNAL, "BACKEND_CRASHED", f"{type(exc).__name__}: {exc}"
-            )
-            outcome = Outcome.FAILURE
-        if (
-            error is not None
-            and error.code is grpc.StatusCode.DEADLINE_EXCEEDED
-            and limits.request_at is not None
-            and self._clock() >= limits.request_at
-        ):
-            # Whoever noticed first (our timer or the adapter's own), the caller's deadline
-            # ended this attempt: no verdict on the deployment's health.
-            error = self._caller_deadline_error()
-        self.error = error
-        self._finish(outcome, error, usage, chars)
-        self._signal()
-        await self.events.put(END)
+        except Exception as exc:
+            await self._end(self._error_of(exc))
+        else:
+            self.first_output_at = time.monotonic()
+            self.first_output = out
+            timer.reschedule(self._attempt_deadline)
+            self._handed_over = asyncio.get_running_loop().create_future()
+            self._on_ready(self)
+            try:
+                await self._handed_over
+            except asyncio.CancelledError:
+                await self._abandon()  # lost the race: close the upstream, record
+                raise
+            return
+        self._on_ready(self)
 
-    def _finish(
-        self,
-        outcome: Outcome,
-        error: MeshError | None,
-        usage: events_pb2.Usage | None,
-        chars: int,
-        *,
-        prompt_sent: bool = True,
-    ) -> None:
-        now = self._clock()
-        ttft = None if self.first_output_at is None else self.first_output_at - self.started_at
+    def _take(self, batch: Batch) -> Batch:
+        """Keeps the bookkeeping of one batch; returns its output events."""
+        out: Batch = []
+        for event in batch:
+            which = event.WhichOneof("event")
+            if which == "content":
+                self.output_chars += len(event.content.text)
+                out.append(event)
+            elif which == "tool_call":
+                call = event.tool_call
+                self.output_chars += len(call.arguments_delta) + len(call.name)
+                out.append(event)
+            elif which == "usage":
+                self.usage = event.usage
+            elif which == "finish":
+                self.finish = event.finish
+            # start / error: not a backend's to send.
+        return out
+
+    # -- the end -------------------------------------------------------------------------
+
+    async def _end(self, error: MeshError | None) -> None:
+        """The stream ended by itself (error None) or failed: close it, record it."""
+        await self._aclose_stream()
+        self.error = error
+        self._finish(outcome_of(error), error)
+
+    async def _abandon(self) -> None:
+        """The request let go of a live attempt (a loser, or the caller went away)."""
+        await self._aclose_stream()
+        self._finish(Outcome.SUCCESS if self.ended_clean else Outcome.CANCELLED, None)
+
+    async def _aclose_stream(self) -> None:
+        self._timer.cancel()
+        stream, self._stream = self._stream, None
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    def _finish(self, outcome: Outcome, error: MeshError | None, *, sent: bool = True) -> None:
+        if self.record is not None:
+            return
+        self.ended_at = time.monotonic()
         self.record = self._recorder.finish(
-            self.candidate,
-            request_id=self._request_id,
-            model=self._request.model,
-            attempt=self.number,
-            hedge=self.hedge,
-            outcome=outcome,
-            error=error,
-            latency_s=now - self.started_at,
-            ttft_s=ttft,
-            reported_usage=usage,
-            prompt_tokens_estimate=self._prompt_tokens_estimate if prompt_sent else 0,
-            output_chars=chars,
+            self.scope, self, outcome, error, ended_at=self.ended_at, prompt_sent=sent
         )
+
+    def _cancelled(self, task: asyncio.Task[None]) -> None:
+        # A task cancelled before its first step (a hedge that lost in the loop turn it was
+        # launched in) never runs its body, yet its end must be recorded, once, so its
+        # breaker permit and in-flight count come back; nothing reached the upstream. So
+        # must a task whose own cleanup was cut short by a second cancellation.
+        if self.record is None and task.cancelled():
+            self._finish(Outcome.CANCELLED, None, sent=self._ran)
+
+    def _error_of(self, exc: Exception) -> MeshError:
+        if isinstance(exc, TimeoutError):
+            error = self._timeout_error()
+        elif isinstance(exc, MeshError):
+            error = exc
+        else:  # a crashing backend is an upstream failure, not ours
+            error = MeshError.of(
+                Reason.BACKEND_CRASHED, f"{self.deployment}: {type(exc).__name__}: {exc}"
+            )
+        if error.reason is not Reason.CALLER_DEADLINE and self._callers_deadline(error):
+            # Whoever noticed first (our timer or the adapter's own), the caller's deadline
+            # ended this attempt: no verdict on the deployment's health. A remote timeout
+            # while the caller still had time stays the upstream's.
+            error = self._caller_deadline_error()
+        return error
+
+    def _callers_deadline(self, error: MeshError) -> bool:
+        return error.code is grpc.StatusCode.DEADLINE_EXCEEDED and self.scope.deadline.expired()
 
     def _timeout_error(self) -> MeshError:
         # Which limit fired is decided from the limits, not from reading the clock again,
         # so it does not depend on how late the timer callback ran.
-        limits = self._limits
-        name = self.deployment
-        before_output = self.first_output_at is None
-        earliest = (
-            _earliest(limits.first_token_at, limits.attempt_at, limits.request_at)
-            if before_output
-            else _earliest(limits.attempt_at, limits.request_at)
-        )
-        if limits.request_at is not None and limits.request_at <= earliest:
+        limit = self._attempt_deadline if self.first_output_at is not None else self._first_deadline
+        if self.scope.deadline <= limit:
             return self._caller_deadline_error()
-        if before_output and limits.first_token_at <= earliest:
-            return MeshError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                "FIRST_TOKEN_TIMEOUT",
-                f"{name}: no first token within the first-token timeout",
+        if self.first_output_at is None and self._first_token_at <= self._attempt_deadline:
+            return MeshError.of(
+                Reason.FIRST_TOKEN_TIMEOUT,
+                f"{self.deployment}: no first token within the first-token timeout",
             )
-        return MeshError(
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            "ATTEMPT_TIMEOUT",
-            f"{name}: the attempt exceeded its timeout",
+        return MeshError.of(
+            Reason.ATTEMPT_TIMEOUT, f"{self.deployment}: the attempt exceeded its timeout"
         )
 
     def _caller_deadline_error(self) -> MeshError:
-        return MeshError(
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            CALLER_DEADLINE,
-            f"{self.deployment}: the caller's deadline passed",
+        return MeshError.of(
+            Reason.CALLER_DEADLINE, f"{self.deployment}: the caller's deadline passed"
         )
-
-    def _loop_at(self, loop: asyncio.AbstractEventLoop, at: float) -> float | None:
-        if math.isinf(at):
-            return None
-        return loop.time() + (at - self._clock())
-
-
-def _earliest(*instants: float | None) -> float:
-    return min((t for t in instants if t is not None), default=math.inf)
-
-
-async def _aclose(stream: AsyncIterator[events_pb2.ChatEvent]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()

@@ -1,14 +1,26 @@
-"""API key check: the caller's key against the configured sha256 hashes, in constant time."""
+"""The authenticate stage: the caller's key against the configured sha256 hashes, in
+constant time, giving the request's Caller."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 from collections.abc import Sequence
+from typing import Protocol
 
-import grpc
+from imesh.errors import MeshError, Reason
+from router.scope import ANONYMOUS, Caller
 
-from imesh.errors import MeshError
+# Hex digits of the key's sha256 that name it in records and logs (never the key).
+KEY_ID_CHARS = 12
+
+
+class Authenticator(Protocol):
+    """The authenticate stage's seam: a caller's raw key (None: none sent) to a Caller,
+    or a MeshError (UNAUTHENTICATED). Lifecycle: one per router, shared by requests;
+    never logs or keeps the raw key."""
+
+    async def authenticate(self, api_key: str | None) -> Caller: ...
 
 
 class ApiKeyAuth:
@@ -18,17 +30,12 @@ class ApiKeyAuth:
     def __init__(self, key_hashes: Sequence[str]) -> None:
         self._digests = tuple(bytes.fromhex(h.removeprefix("sha256:")) for h in key_hashes)
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._digests)
-
-    def check(self, api_key: str | None) -> None:
+    async def authenticate(self, api_key: str | None) -> Caller:
         if not self._digests:
-            return
+            return ANONYMOUS
         if not api_key:
-            raise MeshError(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "MISSING_API_KEY",
+            raise MeshError.of(
+                Reason.MISSING_API_KEY,
                 "an API key is required: 'authorization: Bearer KEY' or 'x-api-key'",
             )
         digest = hashlib.sha256(api_key.encode("utf-8")).digest()
@@ -37,7 +44,8 @@ class ApiKeyAuth:
         for known in self._digests:
             matched |= hmac.compare_digest(digest, known)
         if not matched:
-            raise MeshError(grpc.StatusCode.UNAUTHENTICATED, "INVALID_API_KEY", "invalid API key")
+            raise MeshError.of(Reason.INVALID_API_KEY, "invalid API key")
+        return Caller(key_id=digest.hex()[:KEY_ID_CHARS])
 
 
 def hash_api_key(api_key: str) -> str:

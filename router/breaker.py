@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import enum
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from imesh.v1 import chat_service_pb2
 from router.config import BreakerConfig
@@ -35,24 +37,37 @@ _PROTO_STATES = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """One admitted call. `probe`: it holds one of the half-open probe slots. `generation`:
+    how many times the breaker had opened when it was admitted; a verdict from an earlier
+    generation is about a deployment the breaker has judged since, and is ignored."""
+
+    probe: bool
+    generation: int
+
+
 class CircuitBreaker:
     """Admits or refuses calls to one deployment from the verdicts of earlier calls.
 
-    Protocol for the caller: `try_acquire()` before an attempt; when it returns True, end
-    the attempt with exactly one of `record_success()`, `record_failure()` or `release()`
-    (no verdict: cancelled hedge loser, caller gone, or a 429 that `cool_down()` handled).
+        Protocol for the caller: `try_acquire()` before an attempt; when it returns a Permit,
+        end the attempt with exactly one of `record_success(permit)`, `record_failure(permit)`
+        or `release(permit)` (no verdict: cancelled hedge loser, caller gone, or a 429 that
+        `cool_down()` handled). Only a probe's permit frees a probe slot: a call admitted
+        while closed that ends during half-open leaves the probes alone.
 
-    CLOSED opens after `consecutive_failures` failures in a row, or when the failure rate
-    over the sliding window reaches `failure_rate` with at least `min_requests` verdicts
-    in it. OPEN refuses everything for `open_s`, then turns HALF_OPEN (lazily, on the
-    next look). HALF_OPEN admits up to `half_open_probes` concurrent probes: a success
-    closes (with a fresh window), a failure reopens. Verdicts that arrive while OPEN come
-    from calls admitted before it opened and are ignored.
+        CLOSED opens after `consecutive_failures` failures in a row, or when the failure rate
+        over the sliding window reaches `failure_rate` with at least `min_requests` verdicts
+        in it. OPEN refuses everything for `open_s`, then turns HALF_OPEN (lazily, on the
+        next look). HALF_OPEN admits up to `half_open_probes` concurrent probes: a success
+        closes (with a fresh window), a failure reopens. Verdicts that arrive while OPEN come
+        from calls admitted before it opened and are ignored, as are verdicts from any call
+    admitted before the latest opening.
 
-    A cool-down (provider 429 with Retry-After) refuses calls until it ends in any state,
-    without being a failure and without touching the counts.
+        A cool-down (provider 429 with Retry-After) refuses calls until it ends in any state,
+        without being a failure and without touching the counts.
 
-    Not thread-safe: one event loop owns it.
+        Not thread-safe: one event loop owns it.
     """
 
     def __init__(self, config: BreakerConfig, clock: Callable[[], float] = time.monotonic) -> None:
@@ -62,11 +77,16 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._opened_at = 0.0
         self._probes = 0
+        self._generation = 0
         self._consecutive = 0
         self._cooling_until = -math.inf
         self._epochs = [_NEVER] * WINDOW_BUCKETS
         self._ok = [0] * WINDOW_BUCKETS
         self._failed = [0] * WINDOW_BUCKETS
+        # State changes so far, by (left, entered): metrics read it at scrape time.
+        self.transitions: collections.Counter[tuple[BreakerState, BreakerState]] = (
+            collections.Counter()
+        )
 
     @property
     def config(self) -> BreakerConfig:
@@ -80,29 +100,36 @@ class CircuitBreaker:
         now = self._clock()
         return self._admits(self._refresh(now), now)
 
-    def try_acquire(self) -> bool:
+    def try_acquire(self) -> Permit | None:
         now = self._clock()
         state = self._refresh(now)
         if not self._admits(state, now):
-            return False
-        if state is BreakerState.HALF_OPEN:
+            return None
+        probe = state is BreakerState.HALF_OPEN
+        if probe:
             self._probes += 1
-        return True
+        return Permit(probe, self._generation)
 
-    def record_success(self) -> None:
+    def record_success(self, permit: Permit) -> None:
         now = self._clock()
         state = self._refresh(now)
+        if permit.generation != self._generation:
+            return
         if state is BreakerState.HALF_OPEN:
-            self._close()
+            if permit.probe:
+                self._close()
         elif state is BreakerState.CLOSED:
             self._consecutive = 0
             self._count(now, failed=False)
 
-    def record_failure(self) -> None:
+    def record_failure(self, permit: Permit) -> None:
         now = self._clock()
         state = self._refresh(now)
+        if permit.generation != self._generation:
+            return
         if state is BreakerState.HALF_OPEN:
-            self._open(now)
+            if permit.probe:
+                self._open(now)
         elif state is BreakerState.CLOSED:
             self._consecutive += 1
             ok, failed = self._count(now, failed=True)
@@ -112,13 +139,23 @@ class CircuitBreaker:
             ):
                 self._open(now)
 
-    def release(self) -> None:
-        if self._refresh(self._clock()) is BreakerState.HALF_OPEN and self._probes > 0:
+    def release(self, permit: Permit) -> None:
+        state = self._refresh(self._clock())
+        if (
+            permit.probe
+            and permit.generation == self._generation
+            and state is BreakerState.HALF_OPEN
+            and self._probes > 0
+        ):
             self._probes -= 1
 
     def cool_down(self, seconds: float) -> None:
         if seconds > 0:
             self._cooling_until = max(self._cooling_until, self._clock() + seconds)
+
+    def cooling_for(self) -> float:
+        """Seconds left of a rate-limit cool-down (0: none)."""
+        return max(self._cooling_until - self._clock(), 0.0)
 
     def retry_after(self) -> float:
         now = self._clock()
@@ -135,7 +172,7 @@ class CircuitBreaker:
 
     def _refresh(self, now: float) -> BreakerState:
         if self._state is BreakerState.OPEN and now >= self._opened_at + self._config.open_s:
-            self._state = BreakerState.HALF_OPEN
+            self._enter(BreakerState.HALF_OPEN)
             self._probes = 0
         return self._state
 
@@ -144,13 +181,19 @@ class CircuitBreaker:
             return False
         return state is BreakerState.CLOSED or self._probes < self._config.half_open_probes
 
+    def _enter(self, state: BreakerState) -> None:
+        if state is not self._state:
+            self.transitions[(self._state, state)] += 1
+            self._state = state
+
     def _open(self, now: float) -> None:
-        self._state = BreakerState.OPEN
+        self._enter(BreakerState.OPEN)
         self._opened_at = now
         self._probes = 0
+        self._generation += 1
 
     def _close(self) -> None:
-        self._state = BreakerState.CLOSED
+        self._enter(BreakerState.CLOSED)
         self._probes = 0
         self._consecutive = 0
         # Failures from before the outage must not count against the recovered deployment.

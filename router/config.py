@@ -148,6 +148,17 @@ class Timeouts(Strict):
         return self
 
 
+class AdmissionConfig(Strict):
+    """What the router accepts at once; excess is refused at once (OVERLOADED with a
+    RetryInfo of `retry_after_s`), never queued."""
+
+    # Requests in flight on this router (a stream counts until its end).
+    max_in_flight: int = Field(1000, ge=1)
+    # Attempts in flight per deployment (hedges count), for the deployments named here.
+    per_deployment: dict[str, Annotated[int, Field(ge=1)]] = {}
+    retry_after_s: float = Field(1.0, gt=0)
+
+
 class RouterSettings(Strict):
     listen: ListenAddress = "127.0.0.1:50051"
     timeouts: Timeouts = Timeouts()
@@ -155,8 +166,7 @@ class RouterSettings(Strict):
     # Seconds SIGTERM waits for in-flight streams before cancelling them.
     drain_s: float = Field(10, ge=0)
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    # Coalesce deltas produced within this window into one stream message (first is never held).
-    coalesce_ms: float = Field(2, ge=0)
+    admission: AdmissionConfig = AdmissionConfig()
     # When non-empty, only callers whose key hashes to one of these are admitted. Entries
     # are "sha256:HEX" of the key (keys are never stored in clear; compared in constant
     # time). Empty: any key is accepted (tenancy proper comes later).
@@ -203,11 +213,15 @@ class MeshConfig(Strict):
             raise ValueError("\n".join(problems))
         return self
 
-    def deployment(self, name: str) -> Deployment:
-        for d in self.deployments:
-            if d.name == name:
-                return d
-        raise KeyError(name)
+    @model_validator(mode="after")
+    def _admission_names_resolve(self) -> MeshConfig:
+        names = {d.name for d in self.deployments}
+        unknown = sorted(set(self.router.admission.per_deployment) - names)
+        if unknown:
+            raise ValueError(
+                "router.admission.per_deployment: unknown deployments " + ", ".join(unknown)
+            )
+        return self
 
 
 def reference_problems(

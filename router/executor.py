@@ -1,39 +1,32 @@
-"""The attempt loop: breaker gate, deadline, retry with backoff, fallback, hedging, relay."""
+"""The execute stage: races attempts (breaker gate, deadline, retry with backoff, fallback,
+hedging) until one has output, then hands the winner's batches to the request."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 import random
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import Mapping
 
-import grpc
-
-from adapters.backend import Backend
-from imesh.errors import MeshError
-from imesh.v1 import chat_pb2, events_pb2
-from router.attempt import END, Attempt, AttemptLimits
+from adapters.backend import Backend, Batch
+from adapters.deadline import Deadline
+from imesh.errors import Fault, MeshError, Reason, classify
+from imesh.v1 import events_pb2
+from router.attempt import Attempt
+from router.candidate import Candidate
 from router.config import Timeouts
 from router.hedge import hedge_delay_s, hedge_has_time
-from router.planner import Plan
-from router.policies.base import Candidate
-from router.recorder import Recorder
+from router.planner import Plan, unavailable_error
+from router.recorder import AttemptKind, Recorder, billed_usage
 from router.retry import backoff_s
+from router.scope import RequestScope
 
-# The caller's request is at fault: another deployment would refuse it the same way.
-_RETURN_AT_ONCE = frozenset(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.FAILED_PRECONDITION,
-    }
-)
+_STOP = events_pb2.Finish(reason=events_pb2.FINISH_REASON_STOP)
 
 
 class Executor:
     """Runs plans. Lifecycle: one per router, shared by all requests; holds no per-request
-    state (each `run` builds its own `_Run`)."""
+    state (each `run` builds its own `Run`)."""
 
     def __init__(
         self,
@@ -41,77 +34,123 @@ class Executor:
         recorder: Recorder,
         timeouts: Timeouts,
         *,
-        clock: Callable[[], float],
         rng: random.Random,
     ) -> None:
-        self._backends = backends
-        self._recorder = recorder
-        self._timeouts = timeouts
-        self._clock = clock
-        self._rng = rng
+        self.backends = backends
+        self.recorder = recorder
+        self.timeouts = timeouts
+        self.rng = rng
 
-    async def run(
-        self,
-        plan: Plan,
-        request: chat_pb2.ChatInput,
-        request_id: str,
-        deadline: float | None,
-    ) -> AsyncGenerator[events_pb2.ChatEvent, None]:
-        """Yields start, the winner's deltas, usage (with cost) and finish. Raises MeshError
-        before the start; after it, yields an `error` event and raises. Closing the
-        iterator cancels every running attempt and waits until their backends closed."""
-        run = _Run(self, plan, request, request_id, deadline)
-        try:
-            winner = await run.race()
-            async for event in run.relay(winner):
-                yield event
-        finally:
-            await run.close()
+    def run(self, scope: RequestScope, plan: Plan) -> Run:
+        return Run(self, scope, plan)
 
 
-class _Run:
-    """One request's attempts. Before a winner: at most one primary attempt plus hedges."""
+class Run:
+    """One request's attempts. Before a winner: at most one primary attempt plus hedges,
+    each opening in its own task. Then the request's task reads the winner directly.
 
-    def __init__(
-        self,
-        executor: Executor,
-        plan: Plan,
-        request: chat_pb2.ChatInput,
-        request_id: str,
-        deadline: float | None,
-    ) -> None:
+    Lifecycle: `first_batch()` once (start + the first output; raises MeshError when no
+    attempt gets there), `next_batch()` until None (the last batch carries usage and
+    finish, or the error event, after which `next_batch()` raises that error), and
+    `close()` always, which ends every attempt and waits until their backends closed.
+    """
+
+    def __init__(self, executor: Executor, scope: RequestScope, plan: Plan) -> None:
         self._x = executor
+        self._scope = scope
         self._plan = plan
-        self._request = request
-        self._request_id = request_id
-        self._deadline = deadline
-        # Every attempt puts itself here at most once: bounded by the attempts started.
-        self._signals: asyncio.Queue[Attempt] = asyncio.Queue()
-        self._attempts: list[Attempt] = []
+        # Every attempt puts itself here once (when it can win or has failed): bounded.
+        self._ready: asyncio.Queue[Attempt] = asyncio.Queue()
         self._live: list[Attempt] = []
         self._failed: list[Attempt] = []
         self._excluded: set[str] = set()
         self._tried: set[str] = set()
+        self._full: set[str] = set()  # skipped: at their per-deployment limit
         self._cursor = 0
         self._primaries = 0
-        self._retries = 0
-        self._hedges = 0
         self._hedge_from: Attempt | None = None  # the attempt the hedge timer runs for
+        self._winner: Attempt | None = None
+        self._final_sent = False
+        self._done = False
+        self._error: MeshError | None = None
+
+    # -- the caller's side ------------------------------------------------------------------
+
+    async def first_batch(self) -> Batch:
+        winner = await self._race()
+        self._winner = self._scope.winner = winner
+        for other in self._live:
+            if other is not winner:
+                other.cancel()  # losers stop now; close() waits for their backends
+        winner.take_over()
+        deployment = winner.candidate.deployment
+        start = events_pb2.ChatEvent(
+            start=events_pb2.StreamStart(
+                request_id=self._scope.request_id,
+                model=self._scope.model,
+                deployment=deployment.name,
+                provider_model=deployment.model,
+                attempt=winner.number,
+            )
+        )
+        batch = [start, *winner.first_output]
+        if winner.finish is not None or winner.ended_clean:
+            self._add_final(batch)  # the whole answer came in the first read
+        return batch
+
+    async def next_batch(self) -> Batch | None:
+        if self._done:
+            if self._error is not None:
+                raise self._error
+            return None
+        winner = self._winner
+        assert winner is not None, "first_batch() first"
+        out = await winner.read()
+        if out is not None:
+            if winner.finish is not None:
+                self._add_final(out)
+            return out
+        self._done = True
+        if winner.error is None or self._final_sent:
+            # Ended. A failure after the finish reached the caller changes nothing it got.
+            return None if self._final_sent else self._add_final([])
+        assert winner.record is not None
+        self._error = _interrupted(winner.error, winner.deployment, winner.record.usage)
+        return [events_pb2.ChatEvent(error=self._error.to_event(winner.deployment))]
+
+    def _add_final(self, batch: Batch) -> Batch:
+        if not self._final_sent:
+            self._final_sent = True
+            winner = self._winner
+            assert winner is not None
+            usage = winner.record.usage if winner.record is not None else billed_usage(winner)
+            batch.append(events_pb2.ChatEvent(usage=usage))
+            batch.append(events_pb2.ChatEvent(finish=winner.finish or _STOP))
+        return batch
+
+    async def close(self) -> None:
+        attempts = self._scope.attempts
+        for attempt in attempts:
+            if attempt is not self._winner:
+                attempt.cancel()
+        pending = [a.task for a in attempts if not a.task.done()]
+        if pending:
+            await asyncio.wait(pending)
+        for attempt in attempts:
+            await attempt.close()
 
     # -- racing: until one attempt has output -------------------------------------------
 
-    async def race(self) -> Attempt:
+    async def _race(self) -> Attempt:
         await self._start_primary()
-        loop = asyncio.get_running_loop()
+        deadline = self._scope.deadline
         while True:
-            hedge_at = self._hedge_at()
-            wake = min(hedge_at, math.inf if self._deadline is None else self._deadline)
-            wake_loop = None if math.isinf(wake) else loop.time() + (wake - self._x._clock())
+            wake = min(Deadline(self._hedge_at()), deadline)
             try:
-                async with asyncio.timeout_at(wake_loop):
-                    attempt = await self._signals.get()
+                async with asyncio.timeout_at(wake.loop_at()):
+                    attempt = await self._ready.get()
             except TimeoutError:
-                if self._deadline is not None and self._x._clock() >= self._deadline:
+                if deadline.expired():
                     raise self._deadline_error() from None
                 self._start_hedge()
                 continue
@@ -124,39 +163,44 @@ class _Run:
         error = attempt.error
         assert error is not None
         self._failed.append(attempt)
-        if error.code in _RETURN_AT_ONCE:
-            metadata = {**error.metadata, "deployment": attempt.deployment}
-            raise dataclasses.replace(error, metadata=metadata)
-        if not error.retryable:
-            # PERMISSION_DENIED, NOT_FOUND, UNAUTHENTICATED...: this deployment cannot serve
-            # the request (model gone, key revoked); another one may.
+        verdict = classify(error)
+        if not verdict.retryable:
+            if error.reason is Reason.CALLER_DEADLINE:
+                raise self._deadline_error()
+            if verdict.fault is Fault.CALLER:
+                # The request itself was refused: another deployment would refuse it too.
+                raise error.with_metadata(deployment=attempt.deployment)
+            raise self._final_error()
+        if verdict.exclude:
+            # Wrong credentials or model on this deployment: the others may serve it.
             self._excluded.add(attempt.deployment)
         if self._live:
             return  # a hedge is still running: it is this request's next chance
         await self._start_primary()
 
     async def _start_primary(self) -> None:
-        plan = self._plan
+        plan, scope = self._plan, self._scope
         for _ in range(len(plan.candidates) + 1):
-            self._check_deadline()
+            if scope.deadline.expired():
+                raise self._deadline_error()
             if self._primaries >= plan.retry.max_attempts:
                 raise self._final_error()
             candidate = self._pick(self._cursor)
             if candidate is None:
                 raise self._final_error()
+            kind = AttemptKind.PRIMARY if not scope.attempts else AttemptKind.FALLBACK
             if candidate.name in self._tried:
                 # Back off only when retrying a deployment already tried; falling back to
                 # a fresh one needs no wait.
-                delay = backoff_s(plan.retry, self._retries, self._x._rng)
-                remaining = self._remaining()
-                if remaining is not None and delay >= remaining:
+                kind = AttemptKind.RETRY
+                delay = backoff_s(plan.retry, scope.retries, self._x.rng)
+                if delay >= scope.deadline.remaining():
                     raise self._final_error()
-                self._retries += 1
                 await asyncio.sleep(delay)
+                scope.backoff_s += delay
             self._cursor = plan.candidates.index(candidate) + 1
-            if candidate.breaker.try_acquire():
+            if self._launch(candidate, kind):
                 self._primaries += 1
-                self._launch(candidate, hedge=False)
                 return
         raise self._final_error()
 
@@ -166,13 +210,10 @@ class _Run:
         if running is None:
             return
         delay = hedge_delay_s(self._plan.hedging, running.candidate)
-        if not hedge_has_time(delay, self._remaining()):
+        if not hedge_has_time(delay, self._scope.deadline.remaining()):
             return
-        budget = (
-            self._request.routing.max_cost_micros
-            if self._request.routing.HasField("max_cost_micros")
-            else None
-        )
+        routing = self._scope.request.routing
+        budget = routing.max_cost_micros if routing.HasField("max_cost_micros") else None
         spent = sum(a.candidate.estimated_cost_micros for a in self._live)
         for i in range(len(self._plan.candidates)):
             candidate = self._pick(i)
@@ -180,14 +221,12 @@ class _Run:
                 return
             if budget is not None and spent + candidate.estimated_cost_micros > budget:
                 continue
-            if candidate.breaker.try_acquire():
-                self._hedges += 1
-                self._launch(candidate, hedge=True)
+            if self._launch(candidate, AttemptKind.HEDGE):
                 return
 
     def _pick(self, start: int) -> Candidate | None:
         """The first candidate from `start` (wrapping) that is not excluded, not running,
-        and whose breaker admits calls now."""
+        below its concurrency limit, and whose breaker admits calls now."""
         candidates = self._plan.candidates
         busy = {a.deployment for a in self._live}
         n = len(candidates)
@@ -195,36 +234,40 @@ class _Run:
             c = candidates[(start + k) % n]
             if c.name in self._excluded or c.name in busy or not c.breaker.available():
                 continue
+            if c.full:
+                self._full.add(c.name)
+                continue
             return c
         return None
 
-    def _launch(self, candidate: Candidate, *, hedge: bool) -> None:
-        x = self._x
-        now = x._clock()
-        timeouts = x._timeouts
+    def _launch(self, candidate: Candidate, kind: AttemptKind) -> bool:
+        permit = candidate.breaker.try_acquire()
+        if permit is None:
+            return False
+        x, scope = self._x, self._scope
         attempt = Attempt(
-            candidate=candidate,
-            backend=x._backends[candidate.deployment.provider],
-            request=self._request,
-            number=len(self._attempts) + 1,
-            hedge=hedge,
-            request_id=self._request_id,
-            prompt_tokens_estimate=self._plan.prompt_tokens_estimate,
-            limits=AttemptLimits(
-                first_token_at=now + timeouts.first_token,
-                attempt_at=now + timeouts.attempt,
-                request_at=self._deadline,
-            ),
-            recorder=x._recorder,
-            signals=self._signals,
-            clock=x._clock,
+            scope,
+            candidate,
+            permit,
+            x.backends[candidate.deployment.provider],
+            kind=kind,
+            timeouts=x.timeouts,
+            recorder=x.recorder,
+            on_ready=self._ready.put_nowait,
         )
+        if kind is AttemptKind.RETRY:
+            scope.retries += 1
+        elif kind is AttemptKind.FALLBACK:
+            scope.fallbacks += 1
+        elif kind is AttemptKind.HEDGE:
+            scope.hedges += 1
         self._tried.add(candidate.name)
-        self._attempts.append(attempt)
+        scope.attempts.append(attempt)
         self._live.append(attempt)
         attempt.start()
-        if self._plan.hedging.enabled and self._hedges < self._plan.hedging.max_hedges:
+        if self._plan.hedging.enabled and scope.hedges < self._plan.hedging.max_hedges:
             self._hedge_from = attempt
+        return True
 
     def _hedge_at(self) -> float:
         running = self._hedge_from
@@ -232,90 +275,35 @@ class _Run:
             return math.inf
         return running.started_at + hedge_delay_s(self._plan.hedging, running.candidate)
 
-    # -- relaying the winner ------------------------------------------------------------
-
-    async def relay(self, winner: Attempt) -> AsyncGenerator[events_pb2.ChatEvent, None]:
-        for other in self._live:
-            other.cancel()  # losers stop now; close() waits for their backends to close
-        deployment = winner.candidate.deployment
-        yield events_pb2.ChatEvent(
-            start=events_pb2.StreamStart(
-                request_id=self._request_id,
-                model=self._request.model,
-                deployment=deployment.name,
-                provider_model=deployment.model,
-                attempt=winner.number,
-            )
-        )
-        finish: events_pb2.Finish | None = None
-        while True:
-            item = await winner.events.get()
-            if item is END:
-                break
-            assert isinstance(item, events_pb2.ChatEvent)
-            which = item.WhichOneof("event")
-            if which == "content" or which == "tool_call":
-                yield item
-            elif which == "finish":
-                finish = item.finish  # sent after the router's usage event
-            # usage: the record keeps the last one and prices it; start/error: not a
-            # backend's to send.
-        record = winner.record
-        assert record is not None
-        if winner.error is None:
-            yield events_pb2.ChatEvent(usage=record.usage)
-            yield events_pb2.ChatEvent(
-                finish=finish or events_pb2.Finish(reason=events_pb2.FINISH_REASON_STOP)
-            )
-            return
-        error = _interrupted(winner.error, deployment.name, record.usage)
-        yield events_pb2.ChatEvent(error=error.to_event(deployment.name))
-        raise error
-
-    async def close(self) -> None:
-        for attempt in self._attempts:
-            attempt.cancel()
-        pending = [a.task for a in self._attempts if not a.task.done()]
-        if pending:
-            await asyncio.wait(pending)
-        for attempt in self._attempts:
-            attempt.settle()
-
     # -- errors -------------------------------------------------------------------------
-
-    def _remaining(self) -> float | None:
-        return None if self._deadline is None else self._deadline - self._x._clock()
-
-    def _check_deadline(self) -> None:
-        remaining = self._remaining()
-        if remaining is not None and remaining <= 0:
-            raise self._deadline_error()
 
     def _summary(self) -> tuple[str, dict[str, str]]:
         parts: list[str] = []
         metadata = {"model": self._plan.model, "attempts": str(len(self._failed))}
         for a in self._failed:
-            text = f"{a.deployment}: {a.error}"
+            assert a.error is not None
+            text = f"{a.deployment}: {a.error.reason.value}: {a.error.message}"
             parts.append(f"[{a.number}] {text}")
             metadata[f"attempt_{a.number}"] = text
         return "; ".join(parts), metadata
 
     def _final_error(self) -> MeshError:
         if not self._failed:
-            waits = [c.breaker.retry_after() for c in self._plan.candidates]
-            return MeshError(
-                grpc.StatusCode.UNAVAILABLE,
-                "ALL_BREAKERS_OPEN",
-                f"no deployment of {self._plan.model!r} admits calls now",
-                retry_after=min(waits, default=0.0) or None,
-                metadata={"model": self._plan.model},
-            )
+            if self._full:
+                return MeshError.of(
+                    Reason.OVERLOADED,
+                    f"every deployment of {self._plan.model!r} that can serve this request "
+                    "is at its concurrency limit; retry shortly",
+                    retry_after=1.0,
+                    metadata={"model": self._plan.model},
+                )
+            return unavailable_error(self._plan.model, self._plan.candidates)
         last = self._failed[-1].error
         assert last is not None
         summary, metadata = self._summary()
         return MeshError(
             last.code,
-            "ALL_ATTEMPTS_FAILED",
+            Reason.ALL_ATTEMPTS_FAILED,
             f"all {len(self._failed)} attempts failed: {summary}",
             retry_after=last.retry_after,
             metadata=metadata,
@@ -323,23 +311,25 @@ class _Run:
 
     def _deadline_error(self) -> MeshError:
         summary, metadata = self._summary()
-        message = "the call's deadline passed before a first token"
-        return MeshError(
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            "DEADLINE_EXCEEDED",
+        message = "the caller's deadline passed before a first token"
+        return MeshError.of(
+            Reason.CALLER_DEADLINE,
             f"{message}; {summary}" if summary else message,
             metadata=metadata,
         )
 
 
 def _interrupted(error: MeshError, deployment: str, usage: events_pb2.Usage) -> MeshError:
-    """The typed end of a stream that failed after output reached the caller."""
-    reason = "DEADLINE_EXCEEDED" if error.reason == "DEADLINE_EXCEEDED" else "UPSTREAM_INTERRUPTED"
+    """The typed end of a stream that failed after output reached the caller: the cause's
+    code, the partial usage, and a message that says it once."""
+    metadata = {**error.metadata, "deployment": deployment}
+    if error.reason in (Reason.UPSTREAM_INTERRUPTED, Reason.CALLER_DEADLINE):
+        return error.replace(metadata=metadata, usage=usage)
     return MeshError(
         error.code,
-        reason,
-        f"{deployment}: stream interrupted after output began: {error.message}",
+        Reason.UPSTREAM_INTERRUPTED,
+        f"stream interrupted after output began: {error.message}",
         retry_after=error.retry_after,
-        metadata={"deployment": deployment, "upstream_reason": error.reason},
+        metadata={**metadata, "upstream_reason": error.reason.value},
         usage=usage,
     )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from router.candidate import Candidate
 from router.config import HedgeConfig
-from router.policies.base import Candidate
 
 
 def hedge_delay_s(hedging: HedgeConfig, running: Candidate) -> float:

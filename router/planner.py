@@ -6,13 +6,12 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import grpc
-
-from imesh.errors import MeshError, invalid_argument
+from imesh.errors import MeshError, Reason, invalid_argument
 from imesh.v1 import chat_pb2
-from router.breaker import CircuitBreaker
+from router.breaker import BreakerState, CircuitBreaker
+from router.candidate import Candidate
 from router.config import Capability, Deployment, HedgeConfig, MeshConfig, RetryConfig
-from router.policies import POLICY_NAMES, Candidate, Policy, build_policies
+from router.policies import POLICY_NAMES, Policy, build_policies
 from router.pricing import estimate_cost_micros
 from router.stats import DeploymentStats, StatsRegistry
 from router.tokens import estimate_prompt_tokens
@@ -44,6 +43,7 @@ class _Member:
     deployment: Deployment
     breaker: CircuitBreaker
     stats: DeploymentStats
+    max_in_flight: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +87,11 @@ class Planner:
         missing = [d.name for d in config.deployments if d.name not in breakers]
         if missing:
             raise ValueError(f"no circuit breaker for deployments: {', '.join(missing)}")
-        members = {d.name: _Member(d, breakers[d.name], stats[d.name]) for d in config.deployments}
+        limits = config.router.admission.per_deployment
+        members = {
+            d.name: _Member(d, breakers[d.name], stats[d.name], limits.get(d.name))
+            for d in config.deployments
+        }
         self._routes: dict[str, _Route] = {}
         for alias, spec in config.aliases.items():
             on, off = _hedge_variants(spec.hedging)
@@ -127,7 +131,7 @@ class Planner:
         capable = self._capable(route.members, request, prompt_tokens)
         candidates = [c for c in capable if c.breaker.available()]
         if not candidates:
-            raise _all_unavailable(request.model, capable)
+            raise unavailable_error(request.model, capable)
         if len(candidates) > 1:
             candidates = policy.rank(candidates, request)
         if routing.hedging == chat_pb2.HEDGING_MODE_ON:
@@ -150,9 +154,8 @@ class Planner:
             raise invalid_argument("input.model", "required: an alias or deployment name")
         route = self._routes.get(model)
         if route is None:
-            raise MeshError(
-                grpc.StatusCode.NOT_FOUND,
-                "MODEL_NOT_FOUND",
+            raise MeshError.of(
+                Reason.MODEL_NOT_FOUND,
                 f"model {model!r} is not a known alias or deployment (known: {self._known_names})",
                 metadata={"model": model},
             )
@@ -185,11 +188,10 @@ class Planner:
             if why:
                 refusals.append(f"{d.name}: {'; '.join(why)}")
             else:
-                capable.append(Candidate(d, m.breaker, m.stats, cost))
+                capable.append(Candidate(d, m.breaker, m.stats, cost, m.max_in_flight))
         if not capable:
-            raise MeshError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "NO_CAPABLE_DEPLOYMENT",
+            raise MeshError.of(
+                Reason.NO_CAPABLE_DEPLOYMENT,
                 f"no deployment of {request.model!r} can serve this request: "
                 + " | ".join(refusals),
                 metadata={"model": request.model},
@@ -217,14 +219,39 @@ def _required_capabilities(request: chat_pb2.ChatInput) -> frozenset[Capability]
     return frozenset(needs)
 
 
-def _all_unavailable(model: str, capable: Sequence[Candidate]) -> MeshError:
-    waits = [(c.name, c.breaker.state.value, c.breaker.retry_after()) for c in capable]
-    retry_after = min(w for _, _, w in waits)
-    detail = ", ".join(f"{name} {state} for {wait:.1f}s" for name, state, wait in waits)
-    return MeshError(
-        grpc.StatusCode.UNAVAILABLE,
-        "ALL_BREAKERS_OPEN",
-        f"every capable deployment of {model!r} is refusing calls: {detail}",
-        retry_after=retry_after,
-        metadata={"model": model},
+def unavailable_error(model: str, candidates: Sequence[Candidate]) -> MeshError:
+    """No candidate admits calls now: 429 ALL_COOLING_DOWN when every one of them is
+    resting after a provider's rate limit, else 503 ALL_BREAKERS_OPEN; the message says
+    each one's state in words and when the first is back."""
+    waits = [c.breaker.retry_after() for c in candidates]
+    back_in = min(waits, default=0.0)
+    metadata = {"model": model}
+    if candidates and all(c.breaker.cooling_for() > 0 for c in candidates):
+        return MeshError.of(
+            Reason.ALL_COOLING_DOWN,
+            f"every deployment of {model!r} is cooling down after a rate limit; "
+            f"the first is back in {back_in:.1f}s",
+            retry_after=back_in,
+            metadata=metadata,
+        )
+    states = "; ".join(
+        f"{c.name} {_state_in_words(c.breaker)}, back in {wait:.1f}s"
+        for c, wait in zip(candidates, waits, strict=True)
     )
+    return MeshError.of(
+        Reason.ALL_BREAKERS_OPEN,
+        f"no deployment of {model!r} admits calls now ({states})",
+        retry_after=back_in or None,
+        metadata=metadata,
+    )
+
+
+def _state_in_words(breaker: CircuitBreaker) -> str:
+    if breaker.cooling_for() > 0:
+        return "is cooling down after a rate limit"
+    state = breaker.state
+    if state is BreakerState.OPEN:
+        return "has its circuit breaker open"
+    if state is BreakerState.HALF_OPEN:
+        return "is probing (half-open, every probe slot taken)"
+    return "admits calls"

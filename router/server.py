@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import signal
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +15,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from adapters.coalesce import coalesce
 from adapters.config import ServerTLS
 from adapters.hop_auth import ServerSecurity
 from imesh.api import CallContext, ChatAPI
@@ -60,11 +58,10 @@ def call_context(context: _Context) -> CallContext:
 
 
 class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
-    """Thin: metadata to CallContext, events to coalesced messages, MeshError to status."""
+    """Thin: metadata to CallContext, one message per batch, MeshError to status."""
 
-    def __init__(self, api: ChatAPI, *, coalesce_ms: float) -> None:
+    def __init__(self, api: ChatAPI) -> None:
         self._api = api
-        self._window_s = coalesce_ms / 1000.0
         # Handlers of chat calls still running, for stop() to wait on.
         self._running: set[asyncio.Task[Any]] = set()
 
@@ -114,8 +111,10 @@ class ChatServicer(chat_service_pb2_grpc.ChatServiceServicer):
         # wherever it waits, and the aclosing blocks close the stream down to the backend.
         with self._tracked():
             try:
-                batches = coalesce(self._api.chat_stream(request.input, ctx), self._window_s)
-                async with contextlib.aclosing(batches):
+                # One message per batch: events that were ready together (one upstream
+                # read) travel together, and the first output is never held back.
+                batches = self._api.chat_batches(request.input, ctx)
+                async with contextlib.aclosing(batches):  # type: ignore[type-var]
                     async for batch in batches:
                         await context.write(chat_service_pb2.ChatStreamResponse(events=batch))
             except MeshError as exc:
@@ -166,7 +165,6 @@ class RouterServer:
         self.port = port
         self.health = health
         self.servicer = servicer
-        self.stopping: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -189,7 +187,6 @@ async def start_router_server(
     api: ChatAPI,
     listen: str,
     *,
-    coalesce_ms: float = 2.0,
     max_request_bytes: int = 4 * 1024 * 1024,
     tls: ServerTLS | None = None,
 ) -> RouterServer:
@@ -202,7 +199,7 @@ async def start_router_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    servicer = ChatServicer(api, coalesce_ms=coalesce_ms)
+    servicer = ChatServicer(api)
     chat_service_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
     health_servicer = ReadinessHealthServicer(api, SERVICE_NAME)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -215,16 +212,3 @@ async def start_router_server(
     await health_servicer.set("", serving)
     await health_servicer.set(SERVICE_NAME, serving)
     return RouterServer(server, port, health_servicer, servicer)
-
-
-def install_sigterm(
-    loop: asyncio.AbstractEventLoop, router_server: RouterServer, drain_s: float
-) -> None:
-    """On SIGTERM, drain `router_server` for up to `drain_s` (once, however many signals)."""
-
-    def on_sigterm() -> None:
-        if router_server.stopping is None:
-            log.info("SIGTERM: draining for up to %.1fs", drain_s)
-            router_server.stopping = loop.create_task(router_server.stop(drain_s))
-
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)

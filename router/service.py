@@ -1,4 +1,5 @@
-"""ChatRouter: the in-process ChatAPI, a pipeline authenticate → validate → plan → execute."""
+"""ChatRouter: the in-process ChatAPI, a pipeline of named stages over one RequestScope:
+authenticate -> admit -> plan -> execute -> settle."""
 
 from __future__ import annotations
 
@@ -7,21 +8,23 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping, Sequence
 
-import grpc
-
-from adapters.backend import Backend
+from adapters.backend import Backend, Batch
+from adapters.deadline import Deadline
 from imesh.api import CallContext
-from imesh.errors import MeshError
+from imesh.errors import MeshError, Reason
 from imesh.v1 import chat_pb2, chat_service_pb2, events_pb2
-from router.auth import ApiKeyAuth
+from router.admission import Admitter, ConcurrencyLimiter, Ticket, admit_all
+from router.auth import ApiKeyAuth, Authenticator
 from router.breaker import BreakerState, CircuitBreaker
 from router.config import Capability, MeshConfig
-from router.executor import Executor
+from router.executor import Executor, Run
 from router.planner import Planner
-from router.recorder import Recorder, RecordSink
+from router.recorder import Recorder, RecordSink, RequestOutcome
+from router.scope import ANONYMOUS, RequestScope
 from router.stats import StatsRegistry
+from router.tracing import RouterTracer
 from router.validate import validate_chat_input
 
 log = logging.getLogger(__name__)
@@ -38,8 +41,9 @@ class ChatRouter:
     """The router behind ChatService, callable in-process (the REST edge in `imesh up`).
 
     Lifecycle: build once from the config and the Backends (keyed by provider name); it
-    owns them from then on and `aclose()` closes them. Breakers, stats and the planner
-    are built here once and shared by every request.
+    owns them from then on and `aclose()` closes them. Breakers, stats, the planner and
+    the admitters are built here once and shared by every request. `admitters` run after
+    the router's own concurrency limit, in order (tenancy plugs in there).
     """
 
     def __init__(
@@ -48,6 +52,9 @@ class ChatRouter:
         backends: Mapping[str, Backend],
         *,
         sinks: Sequence[RecordSink] = (),
+        authenticator: Authenticator | None = None,
+        admitters: Sequence[Admitter] = (),
+        tracer: RouterTracer | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -56,7 +63,6 @@ class ChatRouter:
             raise ValueError(f"no backend for providers: {', '.join(missing)}")
         self._config = config
         self._backends = dict(backends)
-        self._clock = clock
         self._timeouts = config.router.timeouts
         self.breakers: dict[str, CircuitBreaker] = {
             d.name: CircuitBreaker(config.router.breaker, clock) for d in config.deployments
@@ -64,45 +70,93 @@ class ChatRouter:
         self.stats = StatsRegistry()
         rng = rng or random.Random()
         self._planner = Planner(config, self.breakers, self.stats, rng)
-        self._auth = ApiKeyAuth(config.router.api_key_hashes)
+        self._auth: Authenticator = authenticator or ApiKeyAuth(config.router.api_key_hashes)
+        self.limiter = ConcurrencyLimiter(config.router.admission)
+        self._admitters: tuple[Admitter, ...] = (self.limiter, *admitters)
         self._catalog = _catalog(config)
-        self.recorder = Recorder(sinks)
-        self._executor = Executor(
-            self._backends, self.recorder, self._timeouts, clock=clock, rng=rng
-        )
+        self.recorder = Recorder(sinks, tracer)
+        self._executor = Executor(self._backends, self.recorder, self._timeouts, rng=rng)
 
     async def ready(self) -> bool:
         """Some deployment can take traffic (its breaker is closed)."""
         return any(b.state is BreakerState.CLOSED for b in self.breakers.values())
 
-    async def chat_stream(
+    async def chat_batches(
         self, request: chat_pb2.ChatInput, ctx: CallContext
-    ) -> AsyncGenerator[events_pb2.ChatEvent, None]:
-        request_id = ctx.request_id or uuid.uuid4().hex
+    ) -> AsyncGenerator[Batch, None]:
+        """The primary path: batches as the winner's upstream delivered them. The first
+        holds start and the first output, never held back; the last holds usage and
+        finish (or the error event, then the error is raised)."""
         timeout = self._timeouts.request
         if ctx.timeout is not None:
             timeout = min(timeout, ctx.timeout)
-        deadline = self._clock() + timeout
-        self._auth.check(ctx.api_key)  # authenticate
-        validate_chat_input(request)  # validate
-        plan = self._planner.plan(request)  # plan
-        if timeout <= 0:
-            raise MeshError(
-                grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", "no time left for the call"
-            )
-        # execute + settle: the executor prices usage and records every attempt's end.
-        events = self._executor.run(plan, request, request_id, deadline)
-        async with contextlib.aclosing(events):
-            async for event in events:
-                yield event
+        scope = RequestScope(
+            request_id=ctx.request_id or uuid.uuid4().hex,
+            caller=ANONYMOUS,
+            request=request,
+            deadline=Deadline.after(timeout),
+        )
+        self.recorder.begin_request(scope)
+        outcome = RequestOutcome.CANCELLED
+        error: MeshError | None = None
+        ticket: Ticket | None = None
+        run: Run | None = None
+        try:
+            scope.caller = await self._auth.authenticate(ctx.api_key)  # authenticate
+            validate_chat_input(request)
+            ticket = await admit_all(self._admitters, scope)  # admit
+            scope.plan = plan = self._planner.plan(request)  # plan
+            if timeout <= 0:
+                raise MeshError.of(Reason.CALLER_DEADLINE, "no time left for the call")
+            run = self._executor.run(scope, plan)  # execute
+            batch: Batch | None = await run.first_batch()
+            while batch is not None:
+                yield batch
+                batch = await run.next_batch()
+            outcome = RequestOutcome.SUCCESS
+        except MeshError as exc:
+            outcome, error = RequestOutcome.FAILURE, exc
+            raise
+        except Exception as exc:
+            outcome = RequestOutcome.FAILURE
+            error = MeshError.of(Reason.INTERNAL, f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            if run is not None:
+                await run.close()  # every attempt ended and recorded
+            self._settle(scope, ticket, outcome, error)  # settle
+
+    def _settle(
+        self,
+        scope: RequestScope,
+        ticket: Ticket | None,
+        outcome: RequestOutcome,
+        error: MeshError | None,
+    ) -> None:
+        record = self.recorder.finish_request(scope, outcome, error, ended_at=time.monotonic())
+        if ticket is not None:
+            if scope.attempts:
+                ticket.settle(record.usage)
+            else:
+                ticket.release()
+
+    async def chat_stream(
+        self, request: chat_pb2.ChatInput, ctx: CallContext
+    ) -> AsyncGenerator[events_pb2.ChatEvent, None]:
+        """`chat_batches` flattened, for callers that want one event at a time."""
+        batches = self.chat_batches(request, ctx)
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                for event in batch:
+                    yield event
 
     async def chat(
         self, request: chat_pb2.ChatInput, ctx: CallContext
     ) -> chat_service_pb2.ChatResponse:
-        return await aggregate(self.chat_stream(request, ctx))
+        return await aggregate(self.chat_batches(request, ctx))
 
     async def list_models(self, ctx: CallContext) -> chat_service_pb2.ListModelsResponse:
-        self._auth.check(ctx.api_key)
+        await self._auth.authenticate(ctx.api_key)
         response = chat_service_pb2.ListModelsResponse()
         response.CopyFrom(self._catalog)  # the static part, built once
         for info in response.deployments:
@@ -147,45 +201,45 @@ def _catalog(config: MeshConfig) -> chat_service_pb2.ListModelsResponse:
 
 
 async def aggregate(
-    events: AsyncIterator[events_pb2.ChatEvent],
+    batches: AsyncIterable[Sequence[events_pb2.ChatEvent]],
 ) -> chat_service_pb2.ChatResponse:
-    """Folds a chat event stream into the unary answer (text joined, tool calls by index).
-    A stream that ends in an error raises it (the error event is followed by the raise)."""
+    """Folds a stream of event batches into the unary answer (text joined, tool calls by
+    index). A stream that ends in an error raises it, partial usage included (the error
+    event is followed by the raise)."""
     response = chat_service_pb2.ChatResponse()
     response.message.role = chat_pb2.ROLE_ASSISTANT
     text: list[str] = []
     calls: dict[int, chat_pb2.ToolCall] = {}
     arguments: dict[int, list[str]] = {}
     try:
-        async for event in events:
-            which = event.WhichOneof("event")
-            if which == "content":
-                text.append(event.content.text)
-            elif which == "tool_call":
-                delta = event.tool_call
-                call = calls.get(delta.index)
-                if call is None:
-                    call = calls[delta.index] = chat_pb2.ToolCall()
-                    arguments[delta.index] = []
-                if delta.id:
-                    call.id = delta.id
-                if delta.name:
-                    call.name = delta.name
-                arguments[delta.index].append(delta.arguments_delta)
-            elif which == "start":
-                response.request_id = event.start.request_id
-                response.model = event.start.model
-                response.deployment = event.start.deployment
-                response.provider_model = event.start.provider_model
-            elif which == "usage":
-                response.usage.CopyFrom(event.usage)
-            elif which == "finish":
-                response.finish_reason = event.finish.reason
-            elif which == "error":
-                # The iterator raises the same error right after; nothing to fold.
-                continue
+        async for batch in batches:
+            for event in batch:
+                which = event.WhichOneof("event")
+                if which == "content":
+                    text.append(event.content.text)
+                elif which == "tool_call":
+                    delta = event.tool_call
+                    call = calls.get(delta.index)
+                    if call is None:
+                        call = calls[delta.index] = chat_pb2.ToolCall()
+                        arguments[delta.index] = []
+                    if delta.id:
+                        call.id = delta.id
+                    if delta.name:
+                        call.name = delta.name
+                    arguments[delta.index].append(delta.arguments_delta)
+                elif which == "start":
+                    response.request_id = event.start.request_id
+                    response.model = event.start.model
+                    response.deployment = event.start.deployment
+                    response.provider_model = event.start.provider_model
+                elif which == "usage":
+                    response.usage.CopyFrom(event.usage)
+                elif which == "finish":
+                    response.finish_reason = event.finish.reason
+                # error: the iterator raises the same error right after; nothing to fold.
     finally:
-        aclose = getattr(events, "aclose", None)
+        aclose = getattr(batches, "aclose", None)
         if aclose is not None:
             await aclose()
     if text:

@@ -106,7 +106,6 @@ async def serve_mesh(config: MeshConfig, listen: str, http: str | None) -> int:
             server = await start_router_server(
                 chat_router,
                 listen,
-                coalesce_ms=config.router.coalesce_ms,
                 max_request_bytes=config.router.max_request_bytes,
                 tls=config.router.tls,
             )

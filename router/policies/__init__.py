@@ -1,4 +1,5 @@
-"""Ranking policies, one module each, and the factory the planner builds them with."""
+"""Ranking policies, one module each, generic over a `Target` (a deployment for the router,
+a replica for the GPU pool), and the factory that builds them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import random
 from typing import get_args
 
 from router.config import PolicyName
-from router.policies.base import Candidate, Policy
+from router.policies.base import Policy, Target, TargetT
 from router.policies.least_in_flight import LeastInFlight
 from router.policies.lowest_cost import LowestCost
 from router.policies.lowest_latency import LowestLatency
@@ -18,13 +19,14 @@ POLICY_NAMES: tuple[PolicyName, ...] = get_args(PolicyName)
 
 __all__ = [
     "POLICY_NAMES",
-    "Candidate",
     "LeastInFlight",
     "LowestCost",
     "LowestLatency",
     "Policy",
     "PowerOfTwo",
     "Priority",
+    "Target",
+    "TargetT",
     "WeightedRoundRobin",
     "build_policies",
     "new_policy",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from imesh.v1 import chat_pb2
-from router.policies.base import Candidate
+from router.policies.base import TargetT
 
 
 class WeightedRoundRobin:
@@ -23,16 +23,16 @@ class WeightedRoundRobin:
     def __init__(self) -> None:
         self._score: dict[str, int] = {}
 
-    def rank(self, candidates: Sequence[Candidate], request: chat_pb2.ChatInput) -> list[Candidate]:
-        weighted = [c for c in candidates if c.deployment.weight > 0]
+    def rank(self, candidates: Sequence[TargetT], request: chat_pb2.ChatInput) -> list[TargetT]:
+        weighted = [c for c in candidates if c.weight > 0]
         if not weighted:
             return list(candidates)
         total = 0
         for c in weighted:
-            total += c.deployment.weight
-            self._score[c.name] = self._score.get(c.name, 0) + c.deployment.weight
+            total += c.weight
+            self._score[c.name] = self._score.get(c.name, 0) + c.weight
         best = max(weighted, key=lambda c: self._score[c.name])  # max keeps the first of ties
         self._score[best.name] -= total
         # Fallbacks: who would be picked next, then the weight-0 ones in config order.
         rest = sorted((c for c in weighted if c is not best), key=lambda c: -self._score[c.name])
-        return [best, *rest, *(c for c in candidates if c.deployment.weight <= 0)]
+        return [best, *rest, *(c for c in candidates if c.weight <= 0)]

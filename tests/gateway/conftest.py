@@ -22,7 +22,7 @@ from imesh.api import CallContext, ChatAPI
 from imesh.errors import MeshError
 from imesh.v1 import chat_pb2, chat_service_pb2, events_pb2
 from router.config import GatewaySettings, MeshConfig, parse_config
-from router.recorder import AttemptRecord
+from router.recorder import AttemptRecord, RequestRecord
 from router.service import ChatRouter
 
 KEY = "sk-test-key"
@@ -66,8 +66,11 @@ def mesh_config(*, key_hashes: Sequence[str] = (), **router: Any) -> MeshConfig:
 class RecordingSink:
     records: list[AttemptRecord] = field(default_factory=list)
 
-    def record(self, record: AttemptRecord) -> None:
+    def record_attempt(self, record: AttemptRecord) -> None:
         self.records.append(record)
+
+    def record_request(self, record: RequestRecord) -> None:
+        pass
 
 
 @dataclass
@@ -215,7 +218,7 @@ class FakeChatAPI:
     ) -> chat_service_pb2.ChatResponse:
         from router.service import aggregate
 
-        return await aggregate(self.chat_stream(request, ctx))
+        return await aggregate(self.chat_batches(request, ctx))
 
     async def list_models(self, ctx: CallContext) -> chat_service_pb2.ListModelsResponse:
         self.contexts.append(ctx)

@@ -13,14 +13,13 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-
-from adapters.backend import Backend
+from adapters.backend import Backend, Batch
+from adapters.deadline import Deadline
 from imesh.api import CallContext
-from imesh.errors import MeshError
+from imesh.errors import MeshError, Reason
 from imesh.v1 import adapter_service_pb2, chat_pb2, events_pb2
 from router.config import MeshConfig, parse_config
-from router.recorder import AttemptRecord
+from router.recorder import AttemptRecord, RequestRecord
 from router.service import ChatRouter
 
 PROVIDERS = ("p-a", "p-b", "p-c")
@@ -32,7 +31,8 @@ PRICE = {"input": 1, "output": 2}
 @dataclass
 class Script:
     """What one backend call does. Step k (token k, a failure or a stall) is preceded by
-    `ttft` (k == 0) or `gap`."""
+    `ttft` (k == 0) or `gap`. Each token is its own batch (one upstream read); the tail,
+    usage and finish come together in the last."""
 
     tokens: Sequence[str] = ("Hel", "lo")
     ttft: float = 0.0
@@ -65,13 +65,15 @@ class ScriptedBackend(Backend):
     def __init__(self, *scripts: Script) -> None:
         self.scripts = list(scripts) or [Script()]
         self.calls: list[Call] = []
+        self.deadlines: list[Deadline] = []
 
     async def chat(
-        self, request: adapter_service_pb2.GenerateRequest, deadline: float | None
-    ) -> AsyncIterator[events_pb2.ChatEvent]:
+        self, request: adapter_service_pb2.GenerateRequest, deadline: Deadline
+    ) -> AsyncIterator[Batch]:
         script = self.scripts[min(len(self.calls), len(self.scripts) - 1)]
         call = Call(request.deployment, time.monotonic())
         self.calls.append(call)
+        self.deadlines.append(deadline)
         try:
             tokens = list(script.tokens)
             for k in range(len(tokens) + 1):
@@ -79,20 +81,20 @@ class ScriptedBackend(Backend):
                     await asyncio.sleep(script.ttft if k == 0 else script.gap)
                 if k == script.fail_at:
                     if k > 0 and script.report_usage:
-                        yield _usage(k)
+                        yield [_usage(k)]
                     assert script.error is not None
                     raise script.error
                 if k == script.stall_at:
                     await asyncio.Event().wait()
                 if k == len(tokens):
                     break
-                yield events_pb2.ChatEvent(content=events_pb2.ContentDelta(text=tokens[k]))
+                yield [events_pb2.ChatEvent(content=events_pb2.ContentDelta(text=tokens[k]))]
                 call.tokens_sent += 1
-            for event in script.tail:
-                yield event
+            last = list(script.tail)
             if script.report_usage:
-                yield _usage(len(script.tokens))
-            yield events_pb2.ChatEvent(finish=events_pb2.Finish(reason=script.finish))
+                last.append(_usage(len(script.tokens)))
+            last.append(events_pb2.ChatEvent(finish=events_pb2.Finish(reason=script.finish)))
+            yield last
             call.completed = True
         except (asyncio.CancelledError, GeneratorExit):
             call.cancelled = True
@@ -111,13 +113,11 @@ def _usage(completion_tokens: int) -> events_pb2.ChatEvent:
 
 
 def unavailable(message: str = "upstream down") -> MeshError:
-    return MeshError(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", message)
+    return MeshError.of(Reason.UPSTREAM_UNAVAILABLE, message)
 
 
 def rate_limited(retry_after: float) -> MeshError:
-    return MeshError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", "slow down", retry_after=retry_after
-    )
+    return MeshError.of(Reason.UPSTREAM_RATE_LIMITED, "slow down", retry_after=retry_after)
 
 
 def mesh_config(
@@ -146,9 +146,13 @@ class MaxJitter(random.Random):
 class RecordCollector:
     def __init__(self) -> None:
         self.records: list[AttemptRecord] = []
+        self.requests: list[RequestRecord] = []
 
-    def record(self, record: AttemptRecord) -> None:
+    def record_attempt(self, record: AttemptRecord) -> None:
         self.records.append(record)
+
+    def record_request(self, record: RequestRecord) -> None:
+        self.requests.append(record)
 
     def by_deployment(self, name: str) -> list[AttemptRecord]:
         return [r for r in self.records if r.deployment == name]

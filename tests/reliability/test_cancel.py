@@ -92,7 +92,7 @@ async def served() -> AsyncIterator[Served]:
             "dep-c": [Script(tokens=["c"], stall_at=1)],
         }
     )
-    server = await start_router_server(mesh.router, "127.0.0.1:0", coalesce_ms=0)
+    server = await start_router_server(mesh.router, "127.0.0.1:0")
     channel = grpc.aio.insecure_channel(server.address)
     try:
         stub: Any = chat_service_pb2_grpc.ChatServiceStub(channel)
@@ -106,7 +106,7 @@ async def test_graceful_stop_returns_once_cancelled_streams_closed_upstream_and_
     # Closing this upstream takes a while (an HTTP teardown): stop() must not return, and
     # let the process close backends and exit, while cancelled streams are still unwinding.
     mesh = make_mesh({"dep-c": [Script(tokens=["c"], stall_at=1, close_delay=0.3)]})
-    server = await start_router_server(mesh.router, "127.0.0.1:0", coalesce_ms=0)
+    server = await start_router_server(mesh.router, "127.0.0.1:0")
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub: Any = chat_service_pb2_grpc.ChatServiceStub(channel)

@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from adapters.backend import Backend
+from adapters.backend import Backend, Batch
+from adapters.deadline import Deadline
 from imesh.api import CallContext
-from imesh.errors import MeshError
+from imesh.errors import MeshError, Reason
 from imesh.v1 import adapter_service_pb2, events_pb2
 from router.breaker import BreakerState
 from router.recorder import Outcome
@@ -39,7 +40,7 @@ async def test_deadline_before_the_first_token_raises_deadline_exceeded_in_time(
     assert events == []
     assert isinstance(error, MeshError)
     assert error.code is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert error.reason == "DEADLINE_EXCEEDED"
+    assert error.reason is Reason.CALLER_DEADLINE
     assert 0.2 <= elapsed < 0.2 + SLACK_S
     # The upstream call was closed, not left running past the caller's deadline.
     [call] = mesh.calls()
@@ -88,12 +89,12 @@ async def test_caller_deadline_after_output_ends_with_deadline_exceeded() -> Non
     events, error = await collect(mesh, user_input("duo"), CallContext(timeout=0.15))
     assert time.monotonic() - started < 0.15 + SLACK_S
     assert kinds(events) == ["start", "content", "error"]
-    assert events[-1].error.reason == "DEADLINE_EXCEEDED"
+    assert events[-1].error.reason == Reason.CALLER_DEADLINE
     assert events[-1].error.partial_usage.estimated
     assert events[-1].error.partial_usage.cost_micros > 0
     assert isinstance(error, MeshError)
     assert error.code is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert error.reason == "DEADLINE_EXCEEDED"
+    assert error.reason is Reason.CALLER_DEADLINE
     assert mesh.calls()[0].closed_at is not None
 
 
@@ -123,12 +124,12 @@ class _NoticesTheDeadlineItself(Backend):
     router's timer can run (it blocks the loop until the deadline has passed)."""
 
     async def chat(
-        self, request: adapter_service_pb2.GenerateRequest, deadline: float | None
-    ) -> AsyncIterator[events_pb2.ChatEvent]:
-        assert deadline is not None
-        yield events_pb2.ChatEvent(content=events_pb2.ContentDelta(text="a"))
-        time.sleep(max(0.0, deadline - time.monotonic()) + 0.01)  # noqa: ASYNC251
-        raise MeshError(grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT", "deadline passed")
+        self, request: adapter_service_pb2.GenerateRequest, deadline: Deadline
+    ) -> AsyncIterator[Batch]:
+        assert deadline.bounded
+        yield [events_pb2.ChatEvent(content=events_pb2.ContentDelta(text="a"))]
+        time.sleep(deadline.remaining() + 0.01)  # noqa: ASYNC251
+        raise MeshError.of(Reason.UPSTREAM_TIMEOUT, "deadline passed")
 
 
 async def test_callers_deadline_is_no_verdict_on_the_deployment() -> None:
@@ -151,7 +152,7 @@ async def test_callers_deadline_is_no_verdict_on_the_deployment() -> None:
     router = ChatRouter(mesh_config(DUO, one_strike), backends)
     with pytest.raises(MeshError) as info:
         await router.chat(user_input("duo"), CallContext(timeout=0.1))
-    assert info.value.reason == "DEADLINE_EXCEEDED"
+    assert info.value.reason is Reason.CALLER_DEADLINE
     assert router.breakers["dep-a"].state is BreakerState.CLOSED
 
     # The router's own first-token timeout does judge the deployment.

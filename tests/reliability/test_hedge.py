@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from imesh.api import CallContext
 from imesh.v1 import chat_pb2
+from router.candidate import Candidate
 from router.config import Deployment, HedgeConfig
 from router.hedge import hedge_delay_s
-from router.policies.base import Candidate
 from router.recorder import Outcome
 from router.stats import DeploymentStats
 from tests.reliability.mesh_fakes import (
@@ -149,7 +149,7 @@ async def test_a_failed_primary_leaves_the_running_hedge_to_win() -> None:
 
 def test_hedge_delay_prefers_request_then_deployment_then_p95_then_default() -> None:
     config = mesh_config()
-    deployment = config.deployment("dep-a")
+    deployment = config.deployments[0]
     stats = DeploymentStats()
     breaker = object()
     candidate = Candidate(deployment, breaker, stats, 0)  # type: ignore[arg-type]

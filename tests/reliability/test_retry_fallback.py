@@ -10,9 +10,10 @@ from typing import Any
 import grpc
 import pytest
 
+from adapters.backend import Batch
+from adapters.deadline import Deadline
 from imesh.api import CallContext
-from imesh.errors import MeshError
-from imesh.v1 import events_pb2
+from imesh.errors import MeshError, Reason
 from router.breaker import BreakerState
 from router.config import RetryConfig
 from router.recorder import Outcome
@@ -135,19 +136,19 @@ async def test_all_attempts_failing_keeps_every_error_in_the_final_one() -> None
 
 
 async def test_invalid_argument_from_a_provider_returns_to_the_caller_at_once() -> None:
-    bad = MeshError(grpc.StatusCode.INVALID_ARGUMENT, "PROVIDER_REJECTED", "bad schema")
+    bad = MeshError.of(Reason.UPSTREAM_BAD_REQUEST, "bad schema")
     mesh = make_mesh({"dep-a": [Script(fail_at=0, error=bad)]}, aliases=TRIO)
     _, error = await collect(mesh, user_input("trio"))
     assert isinstance(error, MeshError)
     assert error.code is grpc.StatusCode.INVALID_ARGUMENT
-    assert error.reason == "PROVIDER_REJECTED"
+    assert error.reason is Reason.UPSTREAM_BAD_REQUEST
     assert error.metadata["deployment"] == "dep-a"
     assert [c.deployment for c in mesh.calls()] == ["dep-a"]
     assert mesh.router.breakers["dep-a"].state is BreakerState.CLOSED
 
 
 async def test_permission_denied_falls_back_and_never_retries_that_deployment() -> None:
-    denied = MeshError(grpc.StatusCode.PERMISSION_DENIED, "PROVIDER_DENIED", "key revoked")
+    denied = MeshError.of(Reason.UPSTREAM_AUTH, "key revoked")
     mesh = make_mesh(
         {
             "dep-a": [Script(fail_at=0, error=denied)],
@@ -220,7 +221,7 @@ class RefusingBackend(ScriptedBackend):
     """A Backend whose `chat` is a plain method that refuses before returning a stream
     (the ABC allows any callable returning an iterator, not only async generators)."""
 
-    def chat(self, request: Any, deadline: float | None) -> AsyncIterator[events_pb2.ChatEvent]:
+    def chat(self, request: Any, deadline: Deadline) -> AsyncIterator[Batch]:
         raise unavailable("no channel to the adapter")
 
 

@@ -7,31 +7,34 @@ import pytest
 
 from imesh.api import CallContext
 from imesh.errors import MeshError
-from router.auth import ApiKeyAuth, hash_api_key
+from router.auth import KEY_ID_CHARS, ApiKeyAuth, hash_api_key
+from router.scope import ANONYMOUS
 from tests.reliability.mesh_fakes import collect, make_mesh, user_input
 
 
-def test_empty_hash_list_admits_any_caller() -> None:
+async def test_empty_hash_list_admits_any_caller_anonymously() -> None:
     auth = ApiKeyAuth([])
-    auth.check(None)
-    auth.check("anything")
-    assert not auth.enabled
+    assert await auth.authenticate(None) is ANONYMOUS
+    assert await auth.authenticate("anything") is ANONYMOUS
 
 
-def test_a_key_whose_hash_is_configured_is_admitted() -> None:
+async def test_a_configured_key_is_admitted_and_named_by_an_id_that_is_not_the_key() -> None:
     auth = ApiKeyAuth([hash_api_key("other"), hash_api_key("s3cret")])
-    auth.check("s3cret")
-    assert auth.enabled
+    caller = await auth.authenticate("s3cret")
+    assert caller.key_id is not None
+    assert len(caller.key_id) == KEY_ID_CHARS
+    assert hash_api_key("s3cret").removeprefix("sha256:").startswith(caller.key_id)
+    assert (await auth.authenticate("other")).key_id != caller.key_id
 
 
 @pytest.mark.parametrize(
     ("key", "reason"),
     [(None, "MISSING_API_KEY"), ("", "MISSING_API_KEY"), ("wrong", "INVALID_API_KEY")],
 )
-def test_missing_or_wrong_key_is_unauthenticated(key: str | None, reason: str) -> None:
+async def test_missing_or_wrong_key_is_unauthenticated(key: str | None, reason: str) -> None:
     auth = ApiKeyAuth([hash_api_key("s3cret")])
     with pytest.raises(MeshError) as caught:
-        auth.check(key)
+        await auth.authenticate(key)
     assert caught.value.code is grpc.StatusCode.UNAUTHENTICATED
     assert caught.value.reason == reason
     assert "s3cret" not in str(caught.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from imesh.v1 import chat_service_pb2
-from router.breaker import BreakerState, CircuitBreaker
+from router.breaker import BreakerState, CircuitBreaker, Permit
 from router.config import BreakerConfig
 
 
@@ -38,16 +38,20 @@ def state(breaker: CircuitBreaker) -> BreakerState:
     return breaker.state
 
 
+def admit(breaker: CircuitBreaker) -> Permit:
+    permit = breaker.try_acquire()
+    assert permit is not None
+    return permit
+
+
 def fail(breaker: CircuitBreaker, times: int) -> None:
     for _ in range(times):
-        assert breaker.try_acquire()
-        breaker.record_failure()
+        breaker.record_failure(admit(breaker))
 
 
 def succeed(breaker: CircuitBreaker, times: int) -> None:
     for _ in range(times):
-        assert breaker.try_acquire()
-        breaker.record_success()
+        breaker.record_success(admit(breaker))
 
 
 def open_breaker(clock: FakeClock, **overrides: float) -> CircuitBreaker:
@@ -145,8 +149,7 @@ def test_half_open_success_closes() -> None:
     clock = FakeClock()
     breaker = open_breaker(clock)
     clock.advance(5)
-    assert breaker.try_acquire()
-    breaker.record_success()
+    breaker.record_success(admit(breaker))
     assert state(breaker) is BreakerState.CLOSED
     # The window and streak restart: two failures do not reopen a 3-in-a-row breaker.
     fail(breaker, 2)
@@ -157,8 +160,7 @@ def test_half_open_failure_reopens() -> None:
     clock = FakeClock()
     breaker = open_breaker(clock)
     clock.advance(5)
-    assert breaker.try_acquire()
-    breaker.record_failure()
+    breaker.record_failure(admit(breaker))
     assert state(breaker) is BreakerState.OPEN
     assert breaker.retry_after() == pytest.approx(5)
     clock.advance(5)
@@ -169,30 +171,47 @@ def test_release_frees_a_half_open_probe_slot_without_a_verdict() -> None:
     clock = FakeClock()
     breaker = open_breaker(clock)
     clock.advance(5)
-    assert breaker.try_acquire()
+    probe = admit(breaker)
     assert not breaker.try_acquire()
-    breaker.release()
+    breaker.release(probe)
     assert state(breaker) is BreakerState.HALF_OPEN
     assert breaker.try_acquire()
+
+
+def test_a_call_admitted_while_closed_ending_in_half_open_frees_no_probe_slot() -> None:
+    clock = FakeClock()
+    breaker = make(clock, half_open_probes=1)
+    early = admit(breaker)  # a long stream admitted while closed
+    fail(breaker, 3)
+    clock.advance(5)
+    assert state(breaker) is BreakerState.HALF_OPEN
+    admit(breaker)  # the one probe
+    breaker.release(early)  # the early call ends now: no verdict, and no probe slot freed
+    assert not breaker.try_acquire()
+    breaker.record_success(early)  # nor does its late verdict close the breaker
+    breaker.record_failure(early)
+    assert state(breaker) is BreakerState.HALF_OPEN
+    assert not breaker.try_acquire()
 
 
 def test_release_in_closed_counts_nothing() -> None:
     breaker = make(FakeClock())
     fail(breaker, 2)
     for _ in range(5):
-        assert breaker.try_acquire()
-        breaker.release()
+        breaker.release(admit(breaker))
     fail(breaker, 1)  # the streak survived the releases
     assert state(breaker) is BreakerState.OPEN
 
 
 def test_verdicts_while_open_are_ignored() -> None:
     clock = FakeClock()
+    before = admit(make(clock))  # stands in for calls admitted before the breaker opened
     breaker = open_breaker(clock)
-    breaker.record_success()
+    late = Permit(probe=False, generation=before.generation)
+    breaker.record_success(late)
     assert state(breaker) is BreakerState.OPEN
     clock.advance(3)
-    breaker.record_failure()  # a late failure does not extend the open period
+    breaker.record_failure(late)  # a late failure does not extend the open period
     clock.advance(2)
     assert state(breaker) is BreakerState.HALF_OPEN
 

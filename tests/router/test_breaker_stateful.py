@@ -14,7 +14,13 @@ from hypothesis.stateful import (
     rule,
 )
 
-from router.breaker import PROBE_BUSY_RETRY_S, WINDOW_BUCKETS, BreakerState, CircuitBreaker
+from router.breaker import (
+    PROBE_BUSY_RETRY_S,
+    WINDOW_BUCKETS,
+    BreakerState,
+    CircuitBreaker,
+    Permit,
+)
 from router.config import BreakerConfig
 
 
@@ -36,6 +42,7 @@ class ReferenceBreaker:
         self.state = "closed"
         self.opened_at = 0.0
         self.probes = 0
+        self.opened = 0  # times opened: a call admitted before the latest opening is stale
         self.streak = 0
         self.cooling_until = -math.inf
         self.log: list[tuple[float, bool]] = []  # (time, failed), since the last close
@@ -54,30 +61,42 @@ class ReferenceBreaker:
             return True
         return state == "half_open" and self.probes < self.c.half_open_probes
 
-    def acquire(self, now: float) -> bool:
+    def acquire(self, now: float) -> tuple[bool, int] | None:
+        """(probe, times opened) of the admitted call, or None."""
         if not self.admits(now):
-            return False
-        if self.state == "half_open":
+            return None
+        probe = self.state == "half_open"
+        if probe:
             self.probes += 1
-        return True
+        return probe, self.opened
+
+    def open(self, now: float) -> None:
+        self.state, self.opened_at, self.probes = "open", now, 0
+        self.opened += 1
 
     def in_window(self, now: float) -> list[bool]:
         bucket = self.c.window_s / WINDOW_BUCKETS
         newest = now // bucket
         return [failed for t, failed in self.log if t // bucket > newest - WINDOW_BUCKETS]
 
-    def success(self, now: float) -> None:
+    def success(self, now: float, call: tuple[bool, int]) -> None:
         state = self.settle(now)
-        if state == "half_open":
+        probe, opened = call
+        if opened != self.opened:
+            return
+        if state == "half_open" and probe:
             self.state, self.probes, self.streak, self.log = "closed", 0, 0, []
         elif state == "closed":
             self.streak = 0
             self.log.append((now, False))
 
-    def failure(self, now: float) -> None:
+    def failure(self, now: float, call: tuple[bool, int]) -> None:
         state = self.settle(now)
-        if state == "half_open":
-            self.state, self.opened_at, self.probes = "open", now, 0
+        probe, opened = call
+        if opened != self.opened:
+            return
+        if state == "half_open" and probe:
+            self.open(now)
         elif state == "closed":
             self.streak += 1
             self.log.append((now, True))
@@ -87,10 +106,11 @@ class ReferenceBreaker:
                 and sum(window) / len(window) >= self.c.failure_rate
             )
             if self.streak >= self.c.consecutive_failures or rate_trips:
-                self.state, self.opened_at, self.probes = "open", now, 0
+                self.open(now)
 
-    def release(self, now: float) -> None:
-        if self.settle(now) == "half_open" and self.probes > 0:
+    def release(self, now: float, call: tuple[bool, int]) -> None:
+        probe, opened = call
+        if probe and opened == self.opened and self.settle(now) == "half_open" and self.probes > 0:
             self.probes -= 1
 
     def retry_after(self, now: float) -> float:
@@ -107,8 +127,9 @@ class BreakerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock()
-        # Calls admitted and not yet ended; verdicts are only given for these, as in use.
-        self.outstanding = 0
+        # Calls admitted and not yet ended (the breaker's permit, the model's): verdicts
+        # are only given for these, in any order, as in use.
+        self.outstanding: list[tuple[Permit, tuple[bool, int]]] = []
 
     @initialize(
         consecutive=st.integers(1, 4),
@@ -131,48 +152,59 @@ class BreakerMachine(RuleBasedStateMachine):
         self.breaker = CircuitBreaker(config, clock=self.clock)
         self.model = ReferenceBreaker(config)
 
+    def _acquire(self) -> tuple[Permit, tuple[bool, int]] | None:
+        expected = self.model.acquire(self.clock.now)
+        permit = self.breaker.try_acquire()
+        assert (permit is None) == (expected is None)
+        if permit is None or expected is None:
+            return None
+        assert (permit.probe, permit.generation) == expected
+        return permit, expected
+
+    def _take(self, pick: int) -> tuple[Permit, tuple[bool, int]]:
+        return self.outstanding.pop(pick % len(self.outstanding))
+
     @rule()
     def try_acquire(self) -> None:
-        expected = self.model.acquire(self.clock.now)
-        assert self.breaker.try_acquire() == expected
-        if expected:
-            self.outstanding += 1
+        call = self._acquire()
+        if call is not None:
+            self.outstanding.append(call)
 
-    @precondition(lambda self: self.outstanding > 0)
-    @rule()
-    def record_success(self) -> None:
-        self.outstanding -= 1
-        self.breaker.record_success()
-        self.model.success(self.clock.now)
+    @precondition(lambda self: self.outstanding)
+    @rule(pick=st.integers(0, 7))
+    def record_success(self, pick: int) -> None:
+        permit, call = self._take(pick)
+        self.breaker.record_success(permit)
+        self.model.success(self.clock.now, call)
 
-    @precondition(lambda self: self.outstanding > 0)
-    @rule()
-    def record_failure(self) -> None:
-        self.outstanding -= 1
-        self.breaker.record_failure()
-        self.model.failure(self.clock.now)
+    @precondition(lambda self: self.outstanding)
+    @rule(pick=st.integers(0, 7))
+    def record_failure(self, pick: int) -> None:
+        permit, call = self._take(pick)
+        self.breaker.record_failure(permit)
+        self.model.failure(self.clock.now, call)
 
-    @precondition(lambda self: self.outstanding > 0)
-    @rule()
-    def release(self) -> None:
-        self.outstanding -= 1
-        self.breaker.release()
-        self.model.release(self.clock.now)
+    @precondition(lambda self: self.outstanding)
+    @rule(pick=st.integers(0, 7))
+    def release(self, pick: int) -> None:
+        permit, call = self._take(pick)
+        self.breaker.release(permit)
+        self.model.release(self.clock.now, call)
 
     # Whole calls (admit, then a verdict) reach open and half-open in few steps, so deep
     # sequences (reopen, close, fail again) get explored within the example budget.
     @rule(failed=st.booleans())
     def whole_call(self, failed: bool) -> None:
-        expected = self.model.acquire(self.clock.now)
-        assert self.breaker.try_acquire() == expected
-        if not expected:
+        taken = self._acquire()
+        if taken is None:
             return
+        permit, call = taken
         if failed:
-            self.breaker.record_failure()
-            self.model.failure(self.clock.now)
+            self.breaker.record_failure(permit)
+            self.model.failure(self.clock.now, call)
         else:
-            self.breaker.record_success()
-            self.model.success(self.clock.now)
+            self.breaker.record_success(permit)
+            self.model.success(self.clock.now, call)
 
     @rule(seconds=st.sampled_from([0.5, 1.0, 4.0, 9.0]))
     def cool_down(self, seconds: float) -> None:

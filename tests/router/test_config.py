@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from adapters.factory import build_backends
+from adapters.registry import build_backends
 from router.config import ConfigError, load_config, parse_config
 
 BASE: dict[str, Any] = {
@@ -44,11 +44,11 @@ def error_of(data: dict[str, Any]) -> str:
 
 
 def test_valid_config_loads_prices_as_integer_micros() -> None:
-    config = parse_config(BASE)
-    assert config.deployment("a").price.input_micros == 1_500_000
-    assert config.deployment("a").price.output_micros == 2_000_000
+    price = parse_config(BASE).deployments[0].price
+    assert price.input_micros == 1_500_000
+    assert price.output_micros == 2_000_000
     # cached input defaults to the input price
-    assert config.deployment("a").price.cached_input_micros == 1_500_000
+    assert price.cached_input_micros == 1_500_000
 
 
 def test_unknown_key_is_an_error_naming_it() -> None:

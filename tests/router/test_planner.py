@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from imesh.errors import MeshError
+from imesh.errors import MeshError, Reason, classify
 from imesh.v1 import chat_pb2
 from router.breaker import CircuitBreaker
 from router.config import HedgeConfig, MeshConfig, RetryConfig, parse_config
@@ -79,8 +79,9 @@ class Mesh:
         self.planner = Planner(self.config, self.breakers, self.stats)
 
     def trip(self, name: str) -> None:
-        assert self.breakers[name].try_acquire()
-        self.breakers[name].record_failure()
+        permit = self.breakers[name].try_acquire()
+        assert permit is not None
+        self.breakers[name].record_failure(permit)
 
 
 @pytest.fixture
@@ -174,7 +175,7 @@ def test_context_window_counts_max_tokens_instead_of_deployment_default(mesh: Me
 
 def test_context_window_refusal_says_why(mesh: Mesh) -> None:
     err = refusal(mesh, request("small", prompt="x" * 64_000))
-    assert err.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert err.code is grpc.StatusCode.FAILED_PRECONDITION
     assert err.reason == "NO_CAPABLE_DEPLOYMENT"
     # 16,000 text + 4 message + 3 reply = 16,007 prompt; + 4,096 output
     assert "small: context window 16384 < 20103 estimated tokens" in err.message
@@ -262,6 +263,20 @@ def test_cooling_deployment_counts_as_unavailable(mesh: Mesh) -> None:
     err = refusal(mesh, request("smart"))
     assert err.reason == "ALL_BREAKERS_OPEN"
     assert err.retry_after == pytest.approx(2.5)
+    assert "large is cooling down after a rate limit, back in 2.5s" in err.message
+    assert "backup has its circuit breaker open, back in 10.0s" in err.message
+
+
+def test_every_deployment_cooling_down_is_a_429_that_says_so_in_words(mesh: Mesh) -> None:
+    mesh.breakers["large"].cool_down(2.5)
+    mesh.breakers["backup"].cool_down(1.9)
+    err = refusal(mesh, request("smart"))
+    assert err.reason is Reason.ALL_COOLING_DOWN
+    assert classify(err).http_status == 429
+    assert err.retry_after == pytest.approx(1.9)
+    assert err.message == (
+        "every deployment of 'smart' is cooling down after a rate limit; the first is back in 1.9s"
+    )
 
 
 def test_open_breaker_of_incapable_deployment_is_not_all_breakers_open(mesh: Mesh) -> None:

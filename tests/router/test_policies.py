@@ -9,6 +9,7 @@ import pytest
 
 from imesh.v1 import chat_pb2
 from router.breaker import CircuitBreaker
+from router.candidate import Candidate
 from router.config import BreakerConfig, Deployment, PolicyName
 from router.policies import (
     POLICY_NAMES,
@@ -21,7 +22,6 @@ from router.policies import (
     build_policies,
     new_policy,
 )
-from router.policies.base import Candidate
 from router.stats import DeploymentStats
 
 REQUEST = chat_pb2.ChatInput(model="alias")

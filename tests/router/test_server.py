@@ -47,7 +47,7 @@ async def served() -> AsyncIterator[Served]:
         },
         router={"api_key_hashes": [hash_api_key("k1")]},
     )
-    server = await start_router_server(mesh.router, "127.0.0.1:0", coalesce_ms=20)
+    server = await start_router_server(mesh.router, "127.0.0.1:0")
     channel = grpc.aio.insecure_channel(server.address)
     try:
         yield Served(mesh, server, channel, chat_service_pb2_grpc.ChatServiceStub(channel))
@@ -89,17 +89,17 @@ async def test_stream_relays_events_in_order_and_echoes_the_request_id(served: S
     assert await call.code() is grpc.StatusCode.OK
 
 
-async def test_fast_deltas_are_coalesced_into_fewer_messages(served: Served) -> None:
+async def test_each_upstream_batch_is_one_message_the_first_with_the_start(
+    served: Served,
+) -> None:
     call = served.stub.ChatStream(
         chat_service_pb2.ChatStreamRequest(input=user_input("dep-c")), metadata=AUTH
     )
     messages = []
     while (message := await call.read()) is not EOF:
-        messages.append(message)
-    events = [e for m in messages for e in m.events]
-    assert len(events) == 33
-    assert "".join(e.content.text for e in events) == "".join(f"t{i}" for i in range(30))
-    assert len(messages) < len(events) / 2
+        messages.append([e.WhichOneof("event") for e in message.events])
+    # The fake delivers each token in its own read, and usage with finish in the last.
+    assert messages == [["start", "content"], *[["content"]] * 29, ["usage", "finish"]]
 
 
 async def test_unary_chat_returns_the_aggregate(served: Served) -> None:
@@ -125,6 +125,23 @@ async def test_failure_after_start_sends_an_error_event_then_the_same_status(
     assert error.code is grpc.StatusCode.UNAVAILABLE
     assert error.reason == "UPSTREAM_INTERRUPTED"
     assert events[-1].error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+
+
+async def test_unary_chat_failing_mid_stream_carries_the_partial_usage_in_its_status(
+    served: Served,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await served.stub.Chat(
+            chat_service_pb2.ChatRequest(input=user_input("dep-b")), metadata=AUTH
+        )
+    error = MeshError.from_rpc_error(caught.value)
+    assert error.reason == "UPSTREAM_INTERRUPTED"
+    assert error.usage is not None
+    # The fake reported 10 prompt and 1 completion token before the cut: 10 + 2 micros.
+    assert (error.usage.prompt_tokens, error.usage.completion_tokens) == (10, 1)
+    assert error.usage.cost_micros == 12
+    assert error.metadata["deployment"] == "dep-b"
+    assert error.message == "stream interrupted after output began: cut"
 
 
 async def test_bad_request_names_the_field_in_bad_request_details(served: Served) -> None:
@@ -191,8 +208,9 @@ async def test_chat_service_health_turns_not_serving_when_every_breaker_is_open(
     health = health_pb2_grpc.HealthStub(served.channel)
     for breaker in served.mesh.router.breakers.values():
         for _ in range(breaker.config.consecutive_failures):
-            assert breaker.try_acquire()
-            breaker.record_failure()
+            permit = breaker.try_acquire()
+            assert permit is not None
+            breaker.record_failure(permit)
     ready = await health.Check(health_pb2.HealthCheckRequest(service="imesh.v1.ChatService"))
     live = await health.Check(health_pb2.HealthCheckRequest(service=""))
     # Readiness follows the breakers; liveness does not (no restart while providers are down).
@@ -227,11 +245,17 @@ class RecordingAPI:
     def __init__(self) -> None:
         self.contexts: list[CallContext] = []
 
+    async def chat_batches(
+        self, request: chat_pb2.ChatInput, ctx: CallContext
+    ) -> AsyncIterator[list[events_pb2.ChatEvent]]:
+        self.contexts.append(ctx)
+        yield [events_pb2.ChatEvent(finish=events_pb2.Finish())]
+
     async def chat_stream(
         self, request: chat_pb2.ChatInput, ctx: CallContext
     ) -> AsyncIterator[events_pb2.ChatEvent]:
-        self.contexts.append(ctx)
-        yield events_pb2.ChatEvent(finish=events_pb2.Finish())
+        raise AssertionError("the server sends batches")
+        yield  # pragma: no cover - makes this an async generator
 
     async def chat(
         self, request: chat_pb2.ChatInput, ctx: CallContext
@@ -273,9 +297,9 @@ async def test_call_context_carries_key_request_id_and_deadline() -> None:
 class CrashingAPI(RecordingAPI):
     """A ChatAPI with a bug: every call raises an unexpected exception."""
 
-    async def chat_stream(
+    async def chat_batches(
         self, request: chat_pb2.ChatInput, ctx: CallContext
-    ) -> AsyncIterator[events_pb2.ChatEvent]:
+    ) -> AsyncIterator[list[events_pb2.ChatEvent]]:
         raise RuntimeError(SECRET)
         yield  # pragma: no cover - makes this an async generator
 

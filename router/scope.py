@@ -1,0 +1,66 @@
+"""RequestScope: one request's state, created at authentication and carried through every
+stage (authenticate -> admit -> plan -> execute -> settle)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from adapters.deadline import Deadline
+from imesh.v1 import chat_pb2
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from router.attempt import Attempt
+    from router.planner import Plan
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling. `key_id` names the key without revealing it (None: no key was
+    asked for); `tenant` is filled by a tenancy admitter."""
+
+    key_id: str | None = None
+    tenant: str | None = None
+
+
+ANONYMOUS = Caller()
+
+
+@dataclass(slots=True, eq=False)
+class RequestScope:
+    """Lifecycle: built by the authenticate stage, one per request, owned by the request's
+    task. Stages fill it in order (`plan`, `attempts` and the counts); record sinks read it
+    at settle. Nothing in it outlives the request.
+
+    `deadline` is the request's one deadline (the caller's, capped by the router's
+    request timeout) on the one clock, `time.monotonic()`; `started_at` is on that clock.
+    `trace` holds the caller's trace context (W3C headers) for whoever traces; `cache` is
+    the caller's cache policy.
+    """
+
+    request_id: str
+    caller: Caller
+    request: chat_pb2.ChatInput
+    deadline: Deadline
+    started_at: float = field(default_factory=time.monotonic)
+    trace: Mapping[str, str] = field(default_factory=dict)
+    plan: Plan | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    retries: int = 0  # attempts on a deployment this request had already tried
+    fallbacks: int = 0  # primaries after the first, on a deployment not tried yet
+    hedges: int = 0
+    backoff_s: float = 0.0  # spent waiting between retries
+    winner: Attempt | None = None
+    span: Span | None = None  # the request's span while tracing is on (router.tracing)
+
+    @property
+    def model(self) -> str:
+        return self.request.model
+
+    @property
+    def cache(self) -> chat_pb2.CachePolicy.ValueType:
+        return self.request.routing.cache
