@@ -120,9 +120,13 @@ class TenantAdmitter:
         if not task.cancelled() and task.exception() is not None:
             log.error("tenancy: settling a reservation failed", exc_info=task.exception())
 
-    async def aclose(self) -> None:
+    async def settled(self) -> None:
+        """Returns once every settlement begun so far has ended."""
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        await self.settled()
 
 
 class _TenantTicket:
