@@ -7,8 +7,8 @@ import contextlib
 import logging
 import re
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -146,6 +146,15 @@ async def _abort_internal(context: _Context, ctx: CallContext) -> None:
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {ctx.request_id})")
 
 
+class Service(Protocol):
+    """Another gRPC service on the router's port (tenancy's UsageService and AdminService)."""
+
+    @property
+    def service_name(self) -> str: ...
+
+    def add_to(self, server: grpc.aio.Server) -> None: ...
+
+
 class RouterServer:
     """A started grpc.aio server: ChatService, grpc.health.v1 and reflection.
 
@@ -189,9 +198,11 @@ async def start_router_server(
     *,
     max_request_bytes: int = 4 * 1024 * 1024,
     tls: ServerTLS | None = None,
+    services: Sequence[Service] = (),
 ) -> RouterServer:
     """Serve `api` on `listen` ("127.0.0.1:0" picks a free port, see `.port`); over TLS
-    when `tls` is given (mutual TLS when it names a client CA)."""
+    when `tls` is given (mutual TLS when it names a client CA). `services` are served
+    beside ChatService on the same port."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_request_bytes),
@@ -203,9 +214,10 @@ async def start_router_server(
     chat_service_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
     health_servicer = ReadinessHealthServicer(api, SERVICE_NAME)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    for service in services:
+        service.add_to(server)
+    names = (SERVICE_NAME, *(s.service_name for s in services), health.SERVICE_NAME)
+    reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server)
     port = ServerSecurity.tls_only(tls).add_port(server, listen)
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
