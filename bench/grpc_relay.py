@@ -24,7 +24,7 @@ from bench.upstream import parse_listen
 from imesh.v1 import chat_pb2, chat_service_pb2, chat_service_pb2_grpc, events_pb2
 
 READY_PREFIX = "grpc relay on "
-_FINISH = {
+_FINISH: dict[str, events_pb2.FinishReason.ValueType] = {
     "stop": events_pb2.FINISH_REASON_STOP,
     "length": events_pb2.FINISH_REASON_LENGTH,
     "tool_calls": events_pb2.FINISH_REASON_TOOL_CALLS,
@@ -66,7 +66,9 @@ def chunk_events(chunk: dict[str, Any]) -> list[events_pb2.ChatEvent]:
         if text := choice["delta"].get("content"):
             events.append(events_pb2.ChatEvent(content=events_pb2.ContentDelta(text=text)))
         if reason := choice.get("finish_reason"):
-            finish = events_pb2.Finish(reason=_FINISH.get(reason, 0))
+            finish = events_pb2.Finish(
+                reason=_FINISH.get(reason, events_pb2.FINISH_REASON_UNSPECIFIED)
+            )
             events.append(events_pb2.ChatEvent(finish=finish))
     if usage := chunk.get("usage"):
         events.append(events_pb2.ChatEvent(usage=_usage(usage)))
@@ -108,7 +110,9 @@ class BareChatService(chat_service_pb2_grpc.ChatServiceServicer):
             model=request.input.model,
             provider_model=answer["model"],
             message=message,
-            finish_reason=_FINISH.get(choice["finish_reason"], 0),
+            finish_reason=_FINISH.get(
+                choice["finish_reason"], events_pb2.FINISH_REASON_UNSPECIFIED
+            ),
             usage=_usage(answer["usage"]),
         )
 
@@ -130,6 +134,13 @@ class BareChatService(chat_service_pb2_grpc.ChatServiceServicer):
                 if pending:
                     yield chat_service_pb2.ChatStreamResponse(events=pending)
                     pending = []
+
+    async def ListModels(
+        self,
+        request: chat_service_pb2.ListModelsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> chat_service_pb2.ListModelsResponse:
+        return chat_service_pb2.ListModelsResponse()
 
     async def aclose(self) -> None:
         await self._session.close()

@@ -57,8 +57,8 @@ def to_markdown(report: BenchReport, results: Sequence[TargetResult]) -> str:
         "| target | measured | limit | verdict |",
         "| --- | --- | --- | --- |",
     ]
-    for r in results:
-        lines.append(f"| {r.name} | {r.value_text} | {r.limit_text} | **{r.verdict.value}** |")
+    for t in results:
+        lines.append(f"| {t.name} | {t.value_text} | {t.limit_text} | **{t.verdict.value}** |")
     lines += [
         "",
         "## Figures (median over rounds)",

@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -366,9 +367,7 @@ async def warm_up(
     log(f"{subject.name}: warm-up")
     for scenario in plan:
         n = max(settings.warmup, scenario.concurrency) if scenario.call.stream else settings.warmup
-        warm = await run_load(
-            lambda s=scenario: subject.target.call(s.call), n, scenario.concurrency
-        )
+        warm = await run_load(partial(subject.target.call, scenario.call), n, scenario.concurrency)
         if not warm.samples:
             server = subject.processes[subject.server]
             raise BenchError(

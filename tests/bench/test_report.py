@@ -1,0 +1,68 @@
+"""The report's maths: percentiles, CPU per request and per token, medians over rounds."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.load import LoadResult, Sample
+from bench.report import Measurement, Round, SubjectReport, percentile, round_figures
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [4.0, 1.0, 3.0, 2.0]
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 50) == 2.5
+    assert percentile(values, 100) == 4.0
+    assert percentile([7.0], 99) == 7.0
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 50)
+
+
+def _run(latencies_ms: list[float], tokens: int, errors: int = 0) -> LoadResult:
+    samples = [Sample(ms / 1000, ms / 2000, 5, tokens, 3 * tokens) for ms in latencies_ms]
+    return LoadResult(len(samples) + errors, 1, 2.0, 0.5, samples, errors)
+
+
+def test_cpu_is_divided_by_successful_requests_and_by_the_tokens_they_relayed() -> None:
+    m = Measurement.of("tokens", _run([1.0] * 4, 256, errors=1), True, {"mesh": 0.1024})
+
+    assert m.ok == 4
+    assert m.tokens == 4 * 256
+    assert m.cpu_ms_per_request("mesh") == pytest.approx(25.6)
+    assert m.cpu_us_per_token("mesh") == pytest.approx(100.0)
+    assert m.cpu_us_per_token("absent") is None
+    assert m.cpu_s["client"] == 0.5
+    assert m.rps == pytest.approx(2.0)  # 4 answers in 2 s
+    assert m.ttft_ms is not None
+    assert m.ttft_ms.p50 == pytest.approx(0.5)
+
+
+def test_nothing_relayed_gives_no_per_token_figure_rather_than_a_division_by_zero() -> None:
+    m = Measurement.of("tokens", _run([], 256, errors=3), True, {"mesh": 0.1})
+    assert (m.cpu_us_per_token("mesh"), m.cpu_ms_per_request("mesh")) == (None, None)
+    assert m.latency_ms is None
+
+
+def _round(index: int, p50_ms: float, cpu_s: float, rss: int) -> Round:
+    runs = {
+        "latency": Measurement.of("latency", _run([p50_ms] * 3, 16), False, {"mesh": cpu_s}),
+        "throughput": Measurement.of("throughput", _run([1.0] * 10, 16), False, {"mesh": cpu_s}),
+        "ttft": Measurement.of("ttft", _run([p50_ms] * 3, 16), True, {"mesh": cpu_s}),
+        "tokens": Measurement.of("tokens", _run([9.0] * 2, 256), True, {"mesh": cpu_s}),
+    }
+    return Round(index, runs, rss, rss + 10, rss + 1)
+
+
+def test_a_subjects_figures_are_the_median_over_rounds_and_rss_is_kept_per_round() -> None:
+    rounds = [_round(0, 1.0, 0.01, 100), _round(1, 9.0, 0.03, 200), _round(2, 2.0, 0.02, 300)]
+    subject = SubjectReport("mesh-rest", "mesh", "d", "mesh", rounds)
+
+    f = subject.figures()
+
+    assert f.latency_p50 == 2.0
+    assert f.cpu_ms_per_request == pytest.approx(2.0)  # 20 ms over 10 requests
+    assert f.cpu_us_per_token == pytest.approx(0.02e6 / 512)
+    assert f.rss_idle == [100, 200, 300]
+    assert f.rss_peak == [110, 210, 310]
+    assert f.rss_after == [101, 201, 301]
+    assert round_figures(rounds[1], "mesh").latency_p50 == 9.0
