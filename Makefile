@@ -55,10 +55,12 @@ proto-check: $(STAMP)
 	elif git rev-parse --verify -q main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
 	  $(BIN)/buf breaking --against '.git#branch=main'; fi
 
-## What the mesh adds over a zero-delay upstream measured in the same run: each server in its
-## own process on loopback, stopped at the end (under a minute on 2 cores). JSON: BENCH_JSON.
+## The mesh beside a zero-delay upstream, the floors of a Python hop (minimal aiohttp relay,
+## bare grpc.aio hop) and LiteLLM (installed once into its own cached venv outside the repo),
+## then the httpx transports: each server in its own process on loopback, stopped at the end,
+## under 10 minutes on 2 cores. Writes bench/results/LATEST.md, transports.md and their JSON.
 bench: $(STAMP)
-	$(BIN)/imesh bench --json $(or $(BENCH_JSON),$(VENV)/bench.json) $(BENCH_ARGS)
+	$(BIN)/imesh bench --out bench/results $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
