@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from router.cli.grpc_tracing import instrument_servers
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -179,15 +181,12 @@ def _start_tracing(
 ) -> TracerProvider:
     try:
         from opentelemetry import trace
-        from opentelemetry.instrumentation.grpc import (
-            GrpcAioInstrumentorClient,
-            GrpcAioInstrumentorServer,
-        )
+        from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
         from opentelemetry.instrumentation.grpc.filters import health_check, negate
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    except ImportError as exc:
+    except ImportError as exc:  # pragma: no cover - the tracing extra is a dev dependency
         raise RuntimeError(
             "tracing was asked for (OTEL_*) but the tracing extra is not installed: "
             "pip install 'inference-mesh[tracing]'"
@@ -206,11 +205,9 @@ def _start_tracing(
         # Batched in a background thread: exporting never runs on the event loop.
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    instrument_servers(provider)
     # Probes would be most of the spans and say nothing about requests.
-    not_health = negate(health_check())
-    server = GrpcAioInstrumentorServer(filter_=not_health)  # type: ignore[no-untyped-call]
-    server.instrument(tracer_provider=provider)
-    client = GrpcAioInstrumentorClient(filter_=not_health)  # type: ignore[no-untyped-call]
+    client = GrpcAioInstrumentorClient(filter_=negate(health_check()))  # type: ignore[no-untyped-call]
     client.instrument(tracer_provider=provider)
     log.info("tracing on: exporting spans with %s", ", ".join(exporters))
     return provider
