@@ -39,12 +39,15 @@ def stub(channel: grpc.aio.Channel) -> PoolServiceAsyncStub:
     return pool_service_pb2_grpc.PoolServiceStub(channel)
 
 
+LABELS = {"zone": "a", "gpu": "h100"}
+
+
 def settings(token: str = TOKEN) -> AgentSettings:
     return AgentSettings(
         pool="gpu",
         replica_id="vllm-0",
         token=token,
-        labels={"zone": "a", "gpu": "h100"},
+        labels=LABELS,
         drain_timeout_s=10,
         retry_s=0.05,
     )
