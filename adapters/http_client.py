@@ -16,6 +16,7 @@ from functools import cache
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
+from opentelemetry import propagate, trace
 
 from adapters.config import HttpProviderConfig
 
@@ -47,7 +48,19 @@ def build_http_client(
         trust_env=False,
         # Provider calls never follow redirects: a redirect would resend the key elsewhere.
         follow_redirects=False,
+        # W3C traceparent to the provider (or vLLM) while tracing is on; no hook when off.
+        event_hooks={"request": [_inject_trace_context]} if _tracing() else None,
     )
+
+
+def _tracing() -> bool:
+    # The API's stand-in until a composition root installs an SDK provider.
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+async def _inject_trace_context(request: httpx.Request) -> None:
+    propagate.inject(request.headers)
 
 
 def build_transport(config: HttpProviderConfig) -> httpx.AsyncBaseTransport:

@@ -1,6 +1,7 @@
 """One request through the mesh deployed apart, in real processes (edge -> router -> remote
-adapter service): the spans all three export form one parent/child chain, and no log line
-of any of them carries the prompt or the key."""
+adapter service -> an HTTP provider): the spans all three export form one parent/child
+chain that the provider's `traceparent` continues, and no log line of any of them carries
+the prompt or the key."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import httpx
@@ -57,6 +59,54 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
     def services(self) -> set[str]:
         with self._lock:
             return {service for service, _ in self.spans}
+
+
+_SSE = (
+    b"".join(
+        b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        for chunk in (
+            {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]},
+            {
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+            },
+        )
+    )
+    + b"data: [DONE]\n\n"
+)
+
+
+class _Provider(BaseHTTPRequestHandler):
+    """An OpenAI-compatible provider answering every chat call with one short stream."""
+
+    protocol_version = "HTTP/1.1"
+    traceparents: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.traceparents.append(self.headers.get("traceparent", ""))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("content-length", str(len(_SSE)))
+        self.end_headers()
+        self.wfile.write(_SSE)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def provider() -> Iterator[tuple[type[_Provider], int]]:
+    _Provider.traceparents = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Provider)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield _Provider, server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 @pytest.fixture
@@ -138,9 +188,12 @@ def wait_healthy(url: str, timeout: float = 30.0) -> None:
 
 
 def test_one_trace_spans_edge_router_and_adapter_and_logs_hold_no_secrets(
-    tmp_path: Path, collector: tuple[Collector, int]
+    tmp_path: Path,
+    collector: tuple[Collector, int],
+    provider: tuple[type[_Provider], int],
 ) -> None:
     spans, collector_port = collector
+    upstream, upstream_port = provider
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -151,12 +204,16 @@ def test_one_trace_spans_edge_router_and_adapter_and_logs_hold_no_secrets(
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "IMESH_LOG_FORMAT": "json",
     }
-    simulated = {"kind": "simulated", "ttft_ms": 5, "tokens_per_second": 5000}
+    http_provider = {
+        "kind": "openai_compatible",
+        "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+        "proxy": "direct",
+    }
     deployment = {"name": "sim-1", "provider": "sim", "model": "sim-model"}
     adapter_config = write(
         tmp_path / "adapter.yaml",
         {
-            "providers": {"sim": simulated},
+            "providers": {"sim": http_provider},
             "deployments": [deployment],
             "adapter_service": {"tokens": [f"env:{TOKEN_VAR}"]},
         },
@@ -220,6 +277,9 @@ def test_one_trace_spans_edge_router_and_adapter_and_logs_hold_no_secrets(
     ]
     for (service, span), _ in chain:
         assert span.trace_id.hex() == CALLER_TRACE, service
+    # The provider's request continues the trace under the adapter's span.
+    (_, adapter_span), _ = chain[-1]
+    assert upstream.traceparents == [f"00-{CALLER_TRACE}-{adapter_span.span_id.hex()}-01"]
 
     logs = "\n".join(outputs)
     assert prompt_marker not in logs
