@@ -11,12 +11,12 @@ import grpc
 
 from adapters.backend import Backend, Batch
 from adapters.deadline import Deadline
+from adapters.read_timer import ReadTimer
 from imesh.errors import MeshError, Reason
 from imesh.v1 import adapter_service_pb2, events_pb2
 from router.breaker import Permit
 from router.candidate import Candidate
 from router.config import Timeouts
-from router.read_timer import ReadTimer
 from router.recorder import AttemptKind, AttemptRecord, Outcome, Recorder, outcome_of
 from router.scope import RequestScope
 
@@ -37,8 +37,9 @@ class Attempt:
     - `close()` ends it whatever its state: the backend stream is closed and the attempt
       recorded, exactly once (a hedge cancelled before its task ran included).
 
-    One ReadTimer bounds every read: first the first-token limit, rescheduled at the
-    first output to the attempt's limit; the request's deadline bounds both.
+    One ReadTimer (not tied to a task: the stream changes readers) bounds every read:
+    first the first-token limit, rescheduled at the first output to the attempt's limit;
+    the request's deadline bounds both.
     """
 
     def __init__(
@@ -72,7 +73,7 @@ class Attempt:
         self._backend = backend
         self._recorder = recorder
         self._on_ready = on_ready
-        self._timer = ReadTimer()
+        self._timer = ReadTimer(None)
         self._attempt_deadline = min(Deadline(self.started_at + timeouts.attempt), scope.deadline)
         self._first_token_at = Deadline(self.started_at + timeouts.first_token)
         self._first_deadline = min(self._first_token_at, self._attempt_deadline)
@@ -131,7 +132,7 @@ class Attempt:
         stream = self._stream
         while self.record is None and stream is not None:
             try:
-                batch = await self._timer.read(stream)
+                batch = await self._next(stream)
             except StopAsyncIteration:
                 await self._end(None)
                 return None
@@ -162,14 +163,13 @@ class Attempt:
             input=self.scope.request, provider_model=deployment.model, deployment=deployment.name
         )
         self._ran = True
-        timer = self._timer
-        timer.reschedule(self._first_deadline)
+        self._timer.reschedule(self._first_deadline.loop_at())
         try:
             # Inside the try: a backend may refuse before returning a stream, and that must
             # end the attempt (record, signal) like any failure.
             stream = self._stream = self._backend.chat(generate, self.scope.deadline)
             while True:
-                out = self._take(await timer.read(stream))
+                out = self._take(await self._next(stream))
                 if out:
                     break
         except StopAsyncIteration:
@@ -183,7 +183,7 @@ class Attempt:
         else:
             self.first_output_at = time.monotonic()
             self.first_output = out
-            timer.reschedule(self._attempt_deadline)
+            self._timer.reschedule(self._attempt_deadline.loop_at())
             self._handed_over = asyncio.get_running_loop().create_future()
             self._on_ready(self)
             try:
@@ -193,6 +193,11 @@ class Attempt:
                 raise
             return
         self._on_ready(self)
+
+    async def _next(self, stream: AsyncIterator[Batch]) -> Batch:
+        """The next batch; StopAsyncIteration at the end, TimeoutError past the limit."""
+        with self._timer:
+            return await anext(stream)
 
     def _take(self, batch: Batch) -> Batch:
         """Keeps the bookkeeping of one batch; returns its output events."""

@@ -13,7 +13,7 @@ import pytest
 from adapters.backend import Batch
 from adapters.deadline import Deadline
 from imesh.api import CallContext
-from imesh.errors import MeshError, Reason
+from imesh.errors import MeshError, Reason, classify
 from router.breaker import BreakerState
 from router.config import RetryConfig
 from router.recorder import Outcome
@@ -181,6 +181,48 @@ async def test_rate_limit_cools_the_deployment_without_counting_a_failure() -> N
     # While cooling, the next request goes straight to dep-b.
     await collect(mesh, user_input("duo"))
     assert [c.deployment for c in mesh.calls()] == ["dep-a", "dep-b", "dep-b"]
+
+
+async def test_every_deployment_cooling_down_is_a_429_naming_the_state_in_words() -> None:
+    mesh = make_mesh(
+        {
+            "dep-a": [Script(fail_at=0, error=rate_limited(3))],
+            "dep-b": [Script(fail_at=0, error=rate_limited(1.9))],
+        },
+        aliases={"duo": {"candidates": ["dep-a", "dep-b"]}},
+    )
+    _, first = await collect(mesh, user_input("duo"))
+    assert isinstance(first, MeshError)
+    assert classify(first).http_status == 429  # the last attempt's rate limit
+    _, error = await collect(mesh, user_input("duo"))
+    assert isinstance(error, MeshError)
+    assert error.reason is Reason.ALL_COOLING_DOWN
+    assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert classify(error).http_status == 429
+    assert error.retry_after is not None
+    assert 1.5 < error.retry_after <= 1.9
+    assert error.message.startswith(
+        "every deployment of 'duo' is cooling down after a rate limit; the first is back in "
+    )
+    assert len(mesh.calls()) == 2  # the second request reached no backend
+
+
+async def test_an_interrupted_stream_error_says_it_once() -> None:
+    cut = MeshError.of(
+        Reason.UPSTREAM_INTERRUPTED, "p-a: stream interrupted after output began: reset"
+    )
+    mesh = make_mesh({"dep-a": [Script(tokens=["a", "b"], fail_at=1, error=cut)]})
+    events, error = await collect(mesh, user_input("dep-a"))
+    assert isinstance(error, MeshError)
+    assert error.message == "p-a: stream interrupted after output began: reset"
+    assert events[-1].error.message == error.message
+    assert error.metadata["deployment"] == "dep-a"
+    # A cause of another kind is named once, after the words saying what happened.
+    mesh = make_mesh({"dep-a": [Script(tokens=["a", "b"], fail_at=1, error=unavailable("gone"))]})
+    _, error = await collect(mesh, user_input("dep-a"))
+    assert isinstance(error, MeshError)
+    assert error.message == "stream interrupted after output began: gone"
+    assert error.metadata["upstream_reason"] == "UPSTREAM_UNAVAILABLE"
 
 
 async def test_breaker_opens_after_failures_and_the_router_fails_fast() -> None:

@@ -99,7 +99,7 @@ def finish(
     return a.record
 
 
-def test_reported_usage_is_priced_in_integer_micros_and_sent_to_sinks() -> None:
+async def test_reported_usage_is_priced_in_integer_micros_and_sent_to_sinks() -> None:
     sink = Sink()
     recorder = Recorder([sink])
     c = candidate()
@@ -119,14 +119,14 @@ def test_reported_usage_is_priced_in_integer_micros_and_sent_to_sinks() -> None:
     assert c.stats.ttft_ewma == pytest.approx(0.1)
 
 
-def test_cancelled_attempt_without_usage_still_bills_the_prompt_estimate() -> None:
+async def test_cancelled_attempt_without_usage_still_bills_the_prompt_estimate() -> None:
     record = finish(Recorder(), candidate(), Outcome.CANCELLED, chars=8)
     assert record.usage.estimated is True
     assert (record.usage.prompt_tokens, record.usage.completion_tokens) == (100, 2)
     assert record.cost_micros == 100 * 2 + 2 * 10
 
 
-def test_rate_limited_attempt_cools_down_without_counting_a_failure() -> None:
+async def test_rate_limited_attempt_cools_down_without_counting_a_failure() -> None:
     c = candidate(consecutive_failures=1)
     finish(Recorder(), c, Outcome.RATE_LIMITED, RATE_LIMITED)
     assert c.breaker.state is BreakerState.CLOSED  # one failure would have opened it
@@ -145,13 +145,15 @@ def test_rate_limited_attempt_cools_down_without_counting_a_failure() -> None:
         (MeshError.of(Reason.FIRST_TOKEN_TIMEOUT, "silent"), True),
     ],
 )
-def test_the_verdict_on_the_deployment_comes_from_classify(error: MeshError, opens: bool) -> None:
+async def test_the_verdict_on_the_deployment_comes_from_classify(
+    error: MeshError, opens: bool
+) -> None:
     c = candidate(consecutive_failures=1)
     finish(Recorder(), c, Outcome.FAILURE, error)
     assert (c.breaker.state is BreakerState.OPEN) is opens
 
 
-def test_breaker_opening_is_logged_once_naming_the_deployment(
+async def test_breaker_opening_is_logged_once_naming_the_deployment(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     recorder = Recorder()
@@ -166,7 +168,9 @@ def test_breaker_opening_is_logged_once_naming_the_deployment(
     assert entry.getMessage() == "deployment d1: breaker closed -> open (UPSTREAM_UNAVAILABLE)"
 
 
-def test_a_failing_sink_does_not_break_the_request_path(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_failing_sink_does_not_break_the_request_path(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     class Broken:
         def record_attempt(self, record: AttemptRecord) -> None:
             raise RuntimeError("disk full")
@@ -184,7 +188,7 @@ def test_a_failing_sink_does_not_break_the_request_path(caplog: pytest.LogCaptur
     assert "record sink" in caplog.text
 
 
-def test_the_request_record_sums_every_attempt_and_counts_them_by_kind() -> None:
+async def test_the_request_record_sums_every_attempt_and_counts_them_by_kind() -> None:
     sink = Sink()
     recorder = Recorder([sink])
     scope = new_scope()
@@ -226,7 +230,7 @@ def test_the_request_record_sums_every_attempt_and_counts_them_by_kind() -> None
     assert 0 <= record.overhead_s <= record.latency_s
 
 
-def test_a_refused_request_is_recorded_with_its_reason_and_no_attempts() -> None:
+async def test_a_refused_request_is_recorded_with_its_reason_and_no_attempts() -> None:
     sink = Sink()
     scope = new_scope()
     refusal = MeshError.of(Reason.OVERLOADED, "busy", retry_after=1.0)
