@@ -15,13 +15,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from adapters.backend import Backend
+from adapters.backend import Backend, Batch
 from adapters.config import RemoteConfig, SimulatedConfig
+from adapters.deadline import NO_DEADLINE, Deadline
 from adapters.remote import RemoteBackend
 from adapters.service import AdapterServer, start_adapter_server
 from adapters.simulated import SimulatedBackend
-from imesh.errors import MeshError
+from imesh.errors import MeshError, Reason
 from imesh.v1 import adapter_service_pb2, adapter_service_pb2_grpc, chat_pb2, events_pb2
+from tests.adapters.fakes.helpers import collect_batches
 from tests.support.hop import TOKEN_METADATA, adapter_security, service_token
 
 
@@ -65,12 +67,12 @@ async def stop(served: Served) -> None:
 
 
 async def collect(
-    backend: Backend, req: adapter_service_pb2.GenerateRequest, deadline: float | None = None
+    backend: Backend, req: adapter_service_pb2.GenerateRequest, deadline: Deadline = NO_DEADLINE
 ) -> tuple[list[events_pb2.ChatEvent], MeshError | None]:
     events: list[events_pb2.ChatEvent] = []
     try:
-        async for event in backend.chat(req, deadline):
-            events.append(event)
+        async for batch in backend.chat(req, deadline):
+            events.extend(batch)
     except MeshError as err:
         return events, err
     return events, None
@@ -128,7 +130,7 @@ async def test_remote_backend_yields_the_same_events_as_in_process(
     [
         ("unavailable", grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", None),
         ("rate_limited", grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_RATE_LIMITED", 2.5),
-        ("internal", grpc.StatusCode.INTERNAL, "UPSTREAM_ERROR", None),
+        ("internal", grpc.StatusCode.INTERNAL, "UPSTREAM_UNAVAILABLE", None),
     ],
 )
 async def test_errors_keep_code_reason_and_retry_after_across_the_hop(
@@ -169,12 +171,12 @@ class SignallingBackend(SimulatedBackend):
         self.cancelled = asyncio.Event()
 
     async def chat(
-        self, request: adapter_service_pb2.GenerateRequest, deadline: float | None
-    ) -> AsyncIterator[events_pb2.ChatEvent]:
+        self, request: adapter_service_pb2.GenerateRequest, deadline: Deadline
+    ) -> AsyncIterator[Batch]:
         try:
-            async with contextlib.aclosing(super().chat(request, deadline)) as events:  # type: ignore[type-var]
-                async for event in events:
-                    yield event
+            async with contextlib.aclosing(super().chat(request, deadline)) as batches:  # type: ignore[type-var]
+                async for batch in batches:
+                    yield batch
         finally:
             if self.calls_cancelled:
                 self.cancelled.set()
@@ -184,7 +186,7 @@ async def test_closing_the_remote_iterator_cancels_the_backend_within_100ms() ->
     backend = SignallingBackend(sim_config(tokens_per_second=20, completion_tokens=100))
     served = await serve(backend)
     try:
-        stream = served.remote.chat(request(), None)
+        stream = served.remote.chat(request(), NO_DEADLINE)
         await anext(stream)
         assert backend.calls_cancelled == 0
         closed_at = time.monotonic()
@@ -202,7 +204,7 @@ async def test_caller_deadline_reaches_the_served_backend() -> None:
     served = await serve(backend)
     try:
         start = time.monotonic()
-        _, err = await collect(served.remote, request(), deadline=start + 0.3)
+        _, err = await collect(served.remote, request(), deadline=Deadline(start + 0.3))
     finally:
         await stop(served)
     assert err is not None
@@ -214,7 +216,7 @@ async def test_unreachable_adapter_is_unavailable() -> None:
     address = f"127.0.0.1:{free_port()}"
     remote = RemoteBackend(RemoteConfig(kind="remote", address=address, token=service_token()))
     try:
-        events, err = await collect(remote, request(), deadline=time.monotonic() + 5)
+        events, err = await collect(remote, request(), deadline=Deadline.after(5))
     finally:
         await remote.aclose()
     assert events == []
@@ -222,7 +224,7 @@ async def test_unreachable_adapter_is_unavailable() -> None:
     assert (err.code, err.reason) == (grpc.StatusCode.UNAVAILABLE, "ADAPTER_UNAVAILABLE")
 
 
-async def test_ready_events_are_coalesced_into_fewer_messages(sim_served: Served) -> None:
+async def test_each_batch_of_the_backend_is_one_message(sim_served: Served) -> None:
     fast = SimulatedBackend(sim_config(tokens_per_second=50_000, completion_tokens=300))
     served = await serve(fast)
     try:
@@ -234,6 +236,10 @@ async def test_ready_events_are_coalesced_into_fewer_messages(sim_served: Served
     events = sum(len(r.events) for r in responses)
     assert events == 302  # 300 tokens, usage, finish
     assert len(responses) < events / 3
+    local, _ = await collect_batches(
+        SimulatedBackend(sim_config(tokens_per_second=50_000, completion_tokens=300)), request()
+    )
+    assert len(local) < events / 3
 
 
 async def test_first_event_is_sent_without_waiting_for_the_next() -> None:
@@ -255,9 +261,9 @@ async def test_first_event_is_sent_without_waiting_for_the_next() -> None:
 
 class BrokenBackend(Backend):
     async def chat(
-        self, request: adapter_service_pb2.GenerateRequest, deadline: float | None
-    ) -> AsyncIterator[events_pb2.ChatEvent]:
-        yield events_pb2.ChatEvent(content=events_pb2.ContentDelta(text=" hi"))
+        self, request: adapter_service_pb2.GenerateRequest, deadline: Deadline
+    ) -> AsyncIterator[Batch]:
+        yield [events_pb2.ChatEvent(content=events_pb2.ContentDelta(text=" hi"))]
         raise RuntimeError("bug with a secret sk-123 inside")
 
 
@@ -269,7 +275,7 @@ async def test_unexpected_backend_failure_is_internal_and_hides_details() -> Non
         await stop(served)
     assert [e.content.text for e in events] == [" hi"]
     assert err is not None
-    assert (err.code, err.reason) == (grpc.StatusCode.INTERNAL, "ADAPTER_ERROR")
+    assert (err.code, err.reason) == (grpc.StatusCode.INTERNAL, "BACKEND_CRASHED")
     assert "sk-123" not in err.message
 
 
@@ -305,11 +311,10 @@ async def test_channels_are_spread_round_robin(sim_served: Served) -> None:
 
 class LongMessageBackend(Backend):
     async def chat(
-        self, request: adapter_service_pb2.GenerateRequest, deadline: float | None
-    ) -> AsyncIterator[events_pb2.ChatEvent]:
-        raise MeshError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "UPSTREAM_RATE_LIMITED",
+        self, request: adapter_service_pb2.GenerateRequest, deadline: Deadline
+    ) -> AsyncIterator[Batch]:
+        raise MeshError.of(
+            Reason.UPSTREAM_RATE_LIMITED,
             "openai: HTTP 429: " + "é" * 10_000,
             retry_after=2.5,
             metadata={"provider": "openai"},

@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from adapters.config import SimulatedConfig
+from adapters.deadline import NO_DEADLINE, Deadline
 from adapters.simulated import SimulatedBackend
 from imesh.errors import MeshError
 from imesh.v1 import adapter_service_pb2, chat_pb2, events_pb2
@@ -52,12 +53,13 @@ def request(
 async def collect(
     backend: SimulatedBackend,
     req: adapter_service_pb2.GenerateRequest,
-    deadline: float | None = None,
+    deadline: Deadline = NO_DEADLINE,
 ) -> tuple[list[events_pb2.ChatEvent], MeshError | None]:
     events: list[events_pb2.ChatEvent] = []
     try:
-        async for event in backend.chat(req, deadline):
-            events.append(event)
+        async for batch in backend.chat(req, deadline):
+            assert batch
+            events.extend(batch)
     except MeshError as err:
         return events, err
     return events, None
@@ -133,8 +135,8 @@ async def test_prompt_tokens_count_words_and_punctuation_deterministically() -> 
 async def test_ttft_delays_the_first_token() -> None:
     backend = sim(ttft_ms=120, completion_tokens=1)
     start = time.monotonic()
-    async for event in backend.chat(request(), None):
-        assert event.HasField("content")
+    async for batch in backend.chat(request(), NO_DEADLINE):
+        assert batch[0].HasField("content")
         break
     assert time.monotonic() - start >= 0.11
 
@@ -142,9 +144,8 @@ async def test_ttft_delays_the_first_token() -> None:
 async def test_tokens_are_paced_at_tokens_per_second() -> None:
     backend = sim(tokens_per_second=100, completion_tokens=20)
     stamps: list[float] = []
-    async for event in backend.chat(request(), None):
-        if event.HasField("content"):
-            stamps.append(time.monotonic())
+    async for batch in backend.chat(request(), NO_DEADLINE):
+        stamps.extend(time.monotonic() for event in batch if event.HasField("content"))
     assert len(stamps) == 20
     assert stamps[-1] - stamps[0] >= 0.18
     assert stamps[-1] - stamps[0] < 0.6
@@ -173,7 +174,7 @@ async def test_fast_rates_send_due_tokens_together_without_sleeping_per_token(
     [
         ("unavailable", grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", None),
         ("rate_limited", grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_RATE_LIMITED", 2.5),
-        ("internal", grpc.StatusCode.INTERNAL, "UPSTREAM_ERROR", None),
+        ("internal", grpc.StatusCode.INTERNAL, "UPSTREAM_UNAVAILABLE", None),
     ],
 )
 async def test_error_kind_fails_before_first_token_with_its_code(
@@ -229,8 +230,8 @@ async def test_stall_waits_until_cancelled_and_counts_the_cancel() -> None:
     three_in = asyncio.Event()
 
     async def consume() -> None:
-        async for event in backend.chat(request(), None):
-            received.append(event)
+        async for batch in backend.chat(request(), NO_DEADLINE):
+            received.extend(batch)
             if len(received) == 3:
                 three_in.set()
 
@@ -249,7 +250,7 @@ async def test_stall_waits_until_cancelled_and_counts_the_cancel() -> None:
 async def test_stall_ends_at_the_deadline_with_partial_usage() -> None:
     backend = sim(stall_after_tokens=2, completion_tokens=20)
     start = time.monotonic()
-    events, err = await collect(backend, request(), deadline=start + 0.15)
+    events, err = await collect(backend, request(), deadline=Deadline(start + 0.15))
     assert err is not None
     assert err.code is grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - start < 1.0
@@ -259,7 +260,7 @@ async def test_stall_ends_at_the_deadline_with_partial_usage() -> None:
 async def test_deadline_before_first_token_raises_deadline_exceeded_without_events() -> None:
     backend = sim(ttft_ms=2000)
     start = time.monotonic()
-    events, err = await collect(backend, request(), deadline=start + 0.05)
+    events, err = await collect(backend, request(), deadline=Deadline(start + 0.05))
     assert events == []
     assert err is not None
     assert err.code is grpc.StatusCode.DEADLINE_EXCEEDED
@@ -268,7 +269,7 @@ async def test_deadline_before_first_token_raises_deadline_exceeded_without_even
 
 async def test_closing_the_iterator_early_counts_a_cancel() -> None:
     backend = sim(tokens_per_second=50, completion_tokens=50)
-    stream = backend.chat(request(), None)
+    stream = backend.chat(request(), NO_DEADLINE)
     await anext(stream)
     assert backend.calls_started == 1
     assert backend.calls_cancelled == 0
