@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import signal
+import socket
 import sys
 import textwrap
 from collections.abc import Coroutine
@@ -13,6 +15,8 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 if TYPE_CHECKING:
+    from imesh.errors import MeshError
+    from imesh.v1 import chat_service_pb2
     from router.config import MeshConfig
 
 T = TypeVar("T")
@@ -49,6 +53,22 @@ def describe(text: str) -> str:
     return textwrap.fill(text, 88)
 
 
+def error_line(err: MeshError) -> str:
+    """What a client command prints for a failed call, saying what to do when it can."""
+    from imesh.errors import Reason
+
+    line = f"error: {err}"
+    if err.reason in (Reason.MISSING_API_KEY, Reason.INVALID_API_KEY):
+        line += " (give the key with --api-key KEY or the IMESH_API_KEY variable)"
+    return line
+
+
+def model_names(models: chat_service_pb2.ListModelsResponse) -> str:
+    """The names a caller may ask for: aliases first, then deployments, as configured."""
+    names = [a.name for a in models.aliases] + [d.name for d in models.deployments]
+    return ", ".join(names) or "none"
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print `message` to stderr and exit with `code`, without a traceback."""
     print(message, file=sys.stderr)
@@ -63,6 +83,31 @@ def load_config_or_exit(path: str) -> MeshConfig:
         return load_config(path)
     except ConfigError as exc:
         fail(str(exc), 2)
+
+
+def usable_listen(what: str, listen: str) -> str:
+    """`listen` when it is HOST:PORT and the port can be bound now; else one line naming
+    the address, and exit 2 (before anything started: no server left half up)."""
+    from router.config import parse_listen
+
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        fail(f"error: {what} cannot listen on {listen!r}: {exc}", 2)
+    if port == 0:
+        return listen
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            # As the servers bind: a port held only by closed connections is usable.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        fail(f"error: {what} cannot listen on {listen}: {why or exc}", 2)
+    return listen
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

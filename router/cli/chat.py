@@ -8,9 +8,18 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from router.cli._common import add_router_arguments, describe, fail, run
+from router.cli._common import (
+    add_router_arguments,
+    describe,
+    error_line,
+    fail,
+    model_names,
+    run,
+)
 
 if TYPE_CHECKING:
+    from imesh.api import CallContext
+    from imesh.client import Client
     from imesh.v1 import chat_pb2, chat_service_pb2, events_pb2
 
 EPILOG = """\
@@ -36,7 +45,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     parser.add_argument("prompt", help='the prompt ("-" reads it from stdin)')
     add_router_arguments(parser)
-    parser.add_argument("--model", default="auto", help="model, alias or deployment (auto)")
+    parser.add_argument(
+        "--model",
+        help="alias or deployment (default: the router's first alias; see `imesh models`)",
+    )
     parser.add_argument("--system", metavar="TEXT", help="system prompt")
     parser.add_argument("--max-tokens", metavar="N", type=int, help="completion token limit")
     parser.add_argument(
@@ -57,7 +69,9 @@ def run_chat(args: argparse.Namespace) -> int:
         fail("--max-tokens must be at least 1", 2)
     messages = [system(args.system)] if args.system else []
     messages.append(user(prompt))
-    request = chat_pb2.ChatInput(model=args.model, messages=messages, max_tokens=args.max_tokens)
+    request = chat_pb2.ChatInput(
+        model=args.model or "", messages=messages, max_tokens=args.max_tokens
+    )
     return run(_chat(args, request))
 
 
@@ -98,12 +112,14 @@ def dollars(micros: int) -> str:
 async def _chat(args: argparse.Namespace, request: chat_pb2.ChatInput) -> int:
     from imesh.api import CallContext
     from imesh.client import Client
-    from imesh.errors import MeshError
+    from imesh.errors import MeshError, Reason
 
     summary = _Summary()
     ctx = CallContext(timeout=args.timeout)
     client = Client(args.router, api_key=args.api_key)
     try:
+        if not request.model:
+            request.model = await _first_alias(client, ctx)
         if args.no_stream:
             _print_response(await client.chat(request, ctx), summary)
         else:
@@ -111,13 +127,33 @@ async def _chat(args: argparse.Namespace, request: chat_pb2.ChatInput) -> int:
                 _print_event(event, summary)
     except MeshError as err:
         sys.stdout.write("\n" if summary.first_token else "")
-        fail(f"error: {err}")
+        line = error_line(err)
+        if err.reason is Reason.MODEL_NOT_FOUND:
+            line += f"; models: {await _known_models(client, ctx)}"
+        fail(line)
     finally:
         await client.aclose()
     sys.stdout.write("\n")
     sys.stdout.flush()
     print("\n".join(summary.lines()), file=sys.stderr)
     return 0
+
+
+async def _first_alias(client: Client, ctx: CallContext) -> str:
+    """The model `imesh chat` asks for when none is given: the config's first alias."""
+    models = await client.list_models(ctx)
+    if models.aliases:
+        return models.aliases[0].name
+    fail(f"error: no --model given and the router has no alias; models: {model_names(models)}")
+
+
+async def _known_models(client: Client, ctx: CallContext) -> str:
+    from imesh.errors import MeshError
+
+    try:
+        return model_names(await client.list_models(ctx))
+    except MeshError:
+        return "unknown (see `imesh models`)"
 
 
 def _print_event(event: events_pb2.ChatEvent, summary: _Summary) -> None:

@@ -6,7 +6,7 @@ import argparse
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from router.cli._common import add_router_arguments, describe, fail, run
+from router.cli._common import add_router_arguments, describe, error_line, fail, run
 
 if TYPE_CHECKING:
     from imesh.v1 import chat_service_pb2
@@ -55,7 +55,7 @@ async def _fetch(router: str, api_key: str | None) -> chat_service_pb2.ListModel
         try:
             return await client.list_models(CallContext(timeout=10.0))
         except MeshError as err:
-            fail(f"error: {err}")
+            fail(error_line(err))
 
 
 def render(response: chat_service_pb2.ListModelsResponse) -> str:

@@ -14,6 +14,7 @@ from router.cli._common import (
     run,
     shown_address,
     stop_signal,
+    usable_listen,
 )
 
 if TYPE_CHECKING:
@@ -95,6 +96,9 @@ async def serve_mesh(config: MeshConfig, listen: str, http: str | None) -> int:
     from router.server import start_router_server
     from router.service import ChatRouter
 
+    for what, address in (("router", listen), ("edge", http)):
+        if address:
+            usable_listen(what, address)
     stopped = stop_signal()
     try:
         backends = build_backends(config.providers)
@@ -112,9 +116,13 @@ async def serve_mesh(config: MeshConfig, listen: str, http: str | None) -> int:
         except KeyError as exc:  # a TLS file is missing or not PEM: names it
             fail(f"router.tls: {exc.args[0]}", 2)
         except (OSError, RuntimeError) as exc:
-            fail(f"error: router cannot listen on {listen}: {exc}")
+            fail(f"error: router cannot listen on {listen}: {exc}", 2)
         print(f"router gRPC on {shown_address(listen, server.port)}", flush=True)
-        edge = await _start_edge(chat_router, config, http) if http else None
+        try:
+            edge = await _start_edge(chat_router, config, http) if http else None
+        except SystemExit:
+            await server.stop(0)  # no gRPC server left for the interpreter's teardown
+            raise
         signal_name = await stopped
         print(
             f"{signal_name}: draining for up to {config.router.drain_s:g}s",
@@ -141,6 +149,6 @@ async def _start_edge(api: ChatAPI, config: MeshConfig, http: str) -> GatewaySer
     try:
         edge = await start_gateway(api, config.gateway, http)
     except (OSError, ValueError) as exc:
-        fail(f"error: edge cannot listen on {http}: {exc}")
+        fail(f"error: edge cannot listen on {http}: {exc}", 2)
     print(f"edge HTTP on http://{shown_address(http, edge.port)}", flush=True)
     return edge
