@@ -25,6 +25,8 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
     """Thin: the admin key checked in constant time, then one KeyAdmin call. A refused
     call is UNAUTHENTICATED, never a hint about which part was wrong."""
 
+    service_name = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+
     def __init__(self, keys: KeyAdmin, admin_key: str) -> None:
         self._keys = keys
         self._admin_key = admin_key.encode()

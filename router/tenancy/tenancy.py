@@ -12,7 +12,11 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from router.admission import Admitter
 from router.config import MeshConfig
+from router.recorder import RecordSink
+from router.server import Service
+from router.tenancy.admin_service import AdminServicer
 from router.tenancy.admission import ReservationEstimator, TenantAdmitter, TenantAuthenticator
 from router.tenancy.aggregator import UsageAggregator
 from router.tenancy.authenticate import KeyAuthenticator
@@ -28,6 +32,7 @@ from router.tenancy.store_memory import MemoryKeyStore
 from router.tenancy.store_redis import RedisKeyStore
 from router.tenancy.usage_events import StreamUsageSink, UsageSink
 from router.tenancy.usage_recording import UsageRecorder
+from router.tenancy.usage_service import TenantUsageAPI, UsageServicer
 from router.tenancy.usage_store import MemoryUsage, RedisUsageReader, UsageReader
 
 
@@ -51,13 +56,48 @@ class Tenancy:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
+    def sinks(self) -> list[RecordSink]:
+        return [self.recorder]
+
+    @property
+    def admitters(self) -> list[Admitter]:
+        return [self.admitter]
+
+    @property
+    def usage_api(self) -> TenantUsageAPI:
+        """imesh.api.UsageAPI in process (the REST edge's GET /v1/usage in `imesh up`)."""
+        return TenantUsageAPI(
+            self.authenticator,
+            self.usage,
+            tenants=self.settings.tenants,
+            admin_key=self.admin_key,
+        )
+
+    @property
+    def services(self) -> list[Service]:
+        """The gRPC services to serve beside ChatService: usage, and admin with an admin key."""
+        served: list[Service] = [UsageServicer(self.usage_api)]
+        if self.admin_key is not None:
+            served.append(AdminServicer(self.keys, self.admin_key))
+        return served
+
+    @property
     def shared(self) -> bool:
         """Keys, limits and usage live in Redis (shared by routers, durable)."""
         return self._redis is not None
 
     @classmethod
     def build(cls, settings: TenancySettings, config: MeshConfig) -> Tenancy:
-        """Raises KeyError naming an unset secret variable (never its value)."""
+        """Raises ValueError naming an unset secret variable (never its value) or a tenant's
+        unknown model."""
+        _check(settings, config)
+        try:
+            return cls._build(settings, config)
+        except KeyError as exc:
+            raise ValueError(f"tenancy: {exc.args[0]}") from None
+
+    @classmethod
+    def _build(cls, settings: TenancySettings, config: MeshConfig) -> Tenancy:
         redis_client = None
         store: KeyStore
         sink: UsageSink
@@ -134,3 +174,13 @@ class Tenancy:
         await self.sink.aclose()
         if self._redis is not None:
             await self._redis.aclose()
+
+
+def _check(settings: TenancySettings, config: MeshConfig) -> None:
+    known = {d.name for d in config.deployments} | set(config.aliases)
+    for name, tenant in settings.tenants.items():
+        unknown = sorted(tenant.models - known - {"*"})
+        if unknown:
+            raise ValueError(f"tenancy.tenants.{name}.models: unknown {', '.join(unknown)}")
+    if config.router.api_key_hashes:
+        raise ValueError("router.api_key_hashes: tenancy's keys replace it; leave it empty")

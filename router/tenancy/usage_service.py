@@ -112,6 +112,8 @@ def _add(total: usage_service_pb2.UsageRow, row: UsageRow) -> None:
 class UsageServicer(usage_service_pb2_grpc.UsageServiceServicer):
     """Thin: metadata to CallContext, MeshError to status."""
 
+    service_name = usage_service_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name
+
     def __init__(self, api: TenantUsageAPI) -> None:
         self._api = api
 
