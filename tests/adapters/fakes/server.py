@@ -26,6 +26,8 @@ class Reply:
     `cut_after_events`: send that many events, then drop the connection.
     `stall_after_events`: send that many events, then stay silent until the client leaves.
     `stall_before_headers`: send nothing until the client leaves.
+    `burst`: send the first N events in one write (one socket read for the client); the
+    cut and stall counts then count the events after them.
     """
 
     status: int = 200
@@ -35,6 +37,7 @@ class Reply:
     cut_after_events: int | None = None
     stall_after_events: int | None = None
     stall_before_headers: bool = False
+    burst: int = 0
 
     @classmethod
     def cassette(cls, name: str, **changes: Any) -> Reply:
@@ -168,6 +171,9 @@ class FakeProvider:
         writer.write("".join(out).encode("latin-1"))
         await writer.drain()
         events = reply.events()
+        if reply.burst:
+            head, events = events[: reply.burst], events[reply.burst :]
+            writer.write(b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in head))
         for sent in range(len(events) + 1):
             if sent == reply.cut_after_events:
                 writer.transport.abort()  # a dropped connection: no final chunk
