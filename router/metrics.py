@@ -59,7 +59,7 @@ class RouterMetrics:
         deployments: Iterable[str],
         tenant_label: bool = True,
     ) -> None:
-        self._registry = registry
+        self.registry = registry
         self._deployments = frozenset(deployments)
         self._models = frozenset(models) | self._deployments
         self._tenant_label = tenant_label
@@ -220,7 +220,7 @@ class RouterMetrics:
     def watch(self, breakers: Mapping[str, CircuitBreaker], stats: StatsRegistry) -> None:
         """Expose the breakers' states and transitions and the attempts in flight per
         deployment, read at scrape time."""
-        self._registry.register(_LiveState(breakers, stats))
+        self.registry.register(_LiveState(breakers, stats))
 
     # -- helpers ---------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
+    from adapters.backend import Backend
     from gateway.metrics import EdgeObservability
     from router.config import MeshConfig
     from router.metrics import RouterMetrics
@@ -243,10 +244,18 @@ class RouterObservers:
     tracer: RouterTracer | None
     metrics: RouterMetrics | None
 
-    def watch(self, router: ChatRouter) -> None:
-        """Expose the router's live state (breakers, attempts in flight) at scrape time."""
-        if self.metrics is not None:
-            self.metrics.watch(router.breakers, router.stats)
+    def watch(self, router: ChatRouter, backends: Mapping[str, Backend]) -> None:
+        """Expose the router's live state at scrape time: breakers, attempts in flight,
+        and the replicas of the GPU pools its backends watch."""
+        if self.metrics is None:
+            return
+        self.metrics.watch(router.breakers, router.stats)
+        from vllm_pool.backend import PoolBackend
+        from vllm_pool.metrics import PoolReplicaCollector
+
+        views = [b.view for b in backends.values() if isinstance(b, PoolBackend)]
+        if views:
+            self.metrics.registry.register(PoolReplicaCollector(views))
 
 
 def router_observers(
