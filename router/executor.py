@@ -319,17 +319,26 @@ class Run:
         )
 
 
+_INTERRUPTED = "stream interrupted: "
+
+
 def _interrupted(error: MeshError, deployment: str, usage: events_pb2.Usage) -> MeshError:
     """The typed end of a stream that failed after output reached the caller: the cause's
-    code, the partial usage, and a message that says it once."""
+    code, the partial usage, and a message that says so once, however many hops (an
+    adapter service, another router) already said it."""
     metadata = {**error.metadata, "deployment": deployment}
-    if error.reason in (Reason.UPSTREAM_INTERRUPTED, Reason.CALLER_DEADLINE):
+    if error.reason is Reason.CALLER_DEADLINE:
         return error.replace(metadata=metadata, usage=usage)
+    if error.reason is not Reason.UPSTREAM_INTERRUPTED:
+        metadata["upstream_reason"] = error.reason.value
+    message = error.message
+    if not message.startswith(_INTERRUPTED):
+        message = _INTERRUPTED + message
     return MeshError(
         error.code,
         Reason.UPSTREAM_INTERRUPTED,
-        f"stream interrupted after output began: {error.message}",
+        message,
         retry_after=error.retry_after,
-        metadata={**metadata, "upstream_reason": error.reason.value},
+        metadata=metadata,
         usage=usage,
     )

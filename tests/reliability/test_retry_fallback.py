@@ -208,20 +208,24 @@ async def test_every_deployment_cooling_down_is_a_429_naming_the_state_in_words(
 
 
 async def test_an_interrupted_stream_error_says_it_once() -> None:
-    cut = MeshError.of(
-        Reason.UPSTREAM_INTERRUPTED, "p-a: stream interrupted after output began: reset"
-    )
+    cut = MeshError.of(Reason.UPSTREAM_INTERRUPTED, "p-a: reset (after output began)")
     mesh = make_mesh({"dep-a": [Script(tokens=["a", "b"], fail_at=1, error=cut)]})
     events, error = await collect(mesh, user_input("dep-a"))
     assert isinstance(error, MeshError)
-    assert error.message == "p-a: stream interrupted after output began: reset"
+    assert error.message == "stream interrupted: p-a: reset (after output began)"
     assert events[-1].error.message == error.message
     assert error.metadata["deployment"] == "dep-a"
-    # A cause of another kind is named once, after the words saying what happened.
+    # Said already by another hop (a remote adapter, a router in front): not again.
+    again = MeshError.of(Reason.UPSTREAM_INTERRUPTED, error.message)
+    mesh = make_mesh({"dep-a": [Script(tokens=["a", "b"], fail_at=1, error=again)]})
+    _, error = await collect(mesh, user_input("dep-a"))
+    assert isinstance(error, MeshError)
+    assert error.message == "stream interrupted: p-a: reset (after output began)"
+    # A cause of another kind keeps its reason in the metadata.
     mesh = make_mesh({"dep-a": [Script(tokens=["a", "b"], fail_at=1, error=unavailable("gone"))]})
     _, error = await collect(mesh, user_input("dep-a"))
     assert isinstance(error, MeshError)
-    assert error.message == "stream interrupted after output began: gone"
+    assert error.message == "stream interrupted: gone"
     assert error.metadata["upstream_reason"] == "UPSTREAM_UNAVAILABLE"
 
 

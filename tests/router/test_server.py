@@ -141,7 +141,7 @@ async def test_unary_chat_failing_mid_stream_carries_the_partial_usage_in_its_st
     assert (error.usage.prompt_tokens, error.usage.completion_tokens) == (10, 1)
     assert error.usage.cost_micros == 12
     assert error.metadata["deployment"] == "dep-b"
-    assert error.message == "stream interrupted after output began: cut"
+    assert error.message == "stream interrupted: cut"
 
 
 async def test_bad_request_names_the_field_in_bad_request_details(served: Served) -> None:
