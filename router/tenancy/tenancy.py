@@ -30,7 +30,7 @@ from router.tenancy.redis_util import connect
 from router.tenancy.store import KeyStore
 from router.tenancy.store_memory import MemoryKeyStore
 from router.tenancy.store_redis import RedisKeyStore
-from router.tenancy.usage_events import StreamUsageSink, UsageSink
+from router.tenancy.usage_events import SpillSlot, StreamUsageSink, UsageSink
 from router.tenancy.usage_recording import UsageRecorder
 from router.tenancy.usage_service import TenantUsageAPI, UsageServicer
 from router.tenancy.usage_store import MemoryUsage, RedisUsageReader, UsageReader
@@ -53,6 +53,7 @@ class Tenancy:
     sink: UsageSink
     _redis: aioredis.Redis | None = None
     _aggregator: UsageAggregator | None = None
+    _spill: SpillSlot | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -99,6 +100,7 @@ class Tenancy:
     @classmethod
     def _build(cls, settings: TenancySettings, config: MeshConfig) -> Tenancy:
         redis_client = None
+        spill = None
         store: KeyStore
         sink: UsageSink
         usage: UsageReader
@@ -114,12 +116,13 @@ class Tenancy:
             )
             u = settings.usage
             spill_dir = Path(u.spill_dir or Path(tempfile.gettempdir()) / "imesh-usage")
+            spill = SpillSlot.claim(spill_dir)
             sink = StreamUsageSink(
                 redis_client,
                 stream=u.stream,
                 maxlen=u.stream_maxlen,
                 buffer_events=u.buffer_events,
-                spill_path=spill_dir / "usage-spill.jsonl",
+                spill_path=spill.path,
                 flush_interval_s=u.flush_interval_s,
             )
             usage = RedisUsageReader(redis_client, namespace=u.namespace)
@@ -151,6 +154,7 @@ class Tenancy:
             sink=sink,
             _redis=redis_client,
             _aggregator=aggregator,
+            _spill=spill,
         )
 
     async def start(self) -> list[IssuedKey]:
@@ -172,6 +176,8 @@ class Tenancy:
                 await task
         await self.admitter.aclose()
         await self.sink.aclose()
+        if self._spill is not None:
+            self._spill.release()
         if self._redis is not None:
             await self._redis.aclose()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 from collections import deque
@@ -175,3 +176,32 @@ def _count_lines(path: Path) -> int:
             return sum(1 for _ in f)
     except FileNotFoundError:
         return 0
+
+
+class SpillSlot:
+    """A spill file this process holds alone: `usage-spill-N.jsonl` under an exclusive
+    lock on `usage-spill-N.lock`, N the first free slot. Routers sharing a directory get
+    different files; a restarted router takes a free slot, adopting what a stopped router
+    left there. Lifecycle: `claim()` at start, `release()` at shutdown (or process exit)."""
+
+    def __init__(self, path: Path, lock: int) -> None:
+        self.path = path
+        self._lock = lock
+
+    @classmethod
+    def claim(cls, directory: Path, slots: int = 64) -> SpillSlot:
+        directory.mkdir(parents=True, exist_ok=True)
+        for n in range(slots):
+            fd = os.open(directory / f"usage-spill-{n}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return cls(directory / f"usage-spill-{n}.jsonl", fd)
+        raise RuntimeError(f"all {slots} usage spill slots in {directory} are taken")
+
+    def release(self) -> None:
+        if self._lock >= 0:
+            os.close(self._lock)  # closing the descriptor drops the lock
+            self._lock = -1

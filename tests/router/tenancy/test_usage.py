@@ -21,7 +21,7 @@ from router.tenancy.fallback import FallbackLimiter
 from router.tenancy.limits import RedisLimiter, Reservation
 from router.tenancy.local_limits import LocalLimiter
 from router.tenancy.usage_event import UsageEvent
-from router.tenancy.usage_events import StreamUsageSink
+from router.tenancy.usage_events import SpillSlot, StreamUsageSink
 from router.tenancy.usage_store import MemoryUsage, RedisUsageReader, UsageRow
 from tests.support.redis_server import RedisServer
 
@@ -246,3 +246,23 @@ async def test_memory_usage_rolls_up_as_it_records() -> None:
     today = dt.datetime.now(dt.UTC).date()
     [row] = await ledger.usage("t", today, today)
     assert (row.attempts, row.prompt_tokens) == (2, 10)
+
+
+async def test_routers_sharing_a_spill_directory_get_their_own_files_and_adopt_leftovers(
+    redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    first, second = SpillSlot.claim(tmp_path), SpillSlot.claim(tmp_path)
+    assert first.path != second.path
+    left = event(tokens=9)
+    first.path.write_text(left.to_json() + "\n")  # a router stopped during an outage
+    first.release()
+    adopter = SpillSlot.claim(tmp_path)
+    assert adopter.path == first.path
+    out = sink(redis_client, adopter.path)
+    assert out.pending == 1
+    assert await out.flush()
+    await drain(aggregator(redis_client))
+    [row] = await rows(redis_client, "t")
+    assert row.prompt_tokens == 9
+    second.release()
+    adopter.release()
