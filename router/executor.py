@@ -35,11 +35,14 @@ class Executor:
         timeouts: Timeouts,
         *,
         rng: random.Random,
+        overloaded_retry_after_s: float = 1.0,
     ) -> None:
         self.backends = backends
         self.recorder = recorder
         self.timeouts = timeouts
         self.rng = rng
+        # RetryInfo of a request refused because every candidate is at its limit.
+        self.overloaded_retry_after_s = overloaded_retry_after_s
 
     def run(self, scope: RequestScope, plan: Plan) -> Run:
         return Run(self, scope, plan)
@@ -294,7 +297,7 @@ class Run:
                     Reason.OVERLOADED,
                     f"every deployment of {self._plan.model!r} that can serve this request "
                     "is at its concurrency limit; retry shortly",
-                    retry_after=1.0,
+                    retry_after=self._x.overloaded_retry_after_s,
                     metadata={"model": self._plan.model},
                 )
             return unavailable_error(self._plan.model, self._plan.candidates)
