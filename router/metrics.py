@@ -14,7 +14,7 @@ say a caller's typo, is "unknown"), a deployment label a configured deployment, 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -24,6 +24,10 @@ from imesh.errors import Reason
 from router.breaker import BreakerState, CircuitBreaker
 from router.recorder import AttemptKind, AttemptRecord, RequestOutcome, RequestRecord
 from router.stats import StatsRegistry
+
+if TYPE_CHECKING:
+    from router.tenancy.admission import TenantAdmitter
+    from router.tenancy.fallback import FallbackLimiter
 
 UNKNOWN = "unknown"
 NONE = "none"
@@ -148,11 +152,6 @@ class RouterMetrics:
             "Requests refused by a tenant's rate limit, token quota or budget.",
             (*tenant, "reason"),
         )
-        self.redis_errors = counter(
-            "imesh_redis_errors",
-            "Redis calls that failed (the router kept serving on local limits).",
-            ("operation",),
-        )
         # Children by label values, made once each: labels() validates and locks per call.
         self._children: dict[tuple[Any, ...], Any] = {}
 
@@ -213,14 +212,15 @@ class RouterMetrics:
 
     # -- outside the record path -----------------------------------------------------
 
-    def redis_error(self, operation: str) -> None:
-        """Count one failed Redis call (`operation`: a fixed name such as "admit")."""
-        self._child(self.redis_errors, operation).inc()
-
     def watch(self, breakers: Mapping[str, CircuitBreaker], stats: StatsRegistry) -> None:
         """Expose the breakers' states and transitions and the attempts in flight per
         deployment, read at scrape time."""
         self.registry.register(_LiveState(breakers, stats))
+
+    def watch_tenancy(self, limiter: FallbackLimiter, admitter: TenantAdmitter) -> None:
+        """Expose Redis health as tenancy met it and each tenant's remaining share of its
+        limits after its latest admission, read at scrape time."""
+        self.registry.register(_TenancyState(limiter, admitter, tenant_label=self._tenant_label))
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -280,3 +280,56 @@ class _LiveState(Collector):
         yield state
         yield transitions
         yield in_flight
+
+
+class _TenancyState(Collector):
+    """Scrape-time view of tenancy: whether Redis answers, how often it did not, and how
+    close each tenant is to its limits (the share remaining after its latest admission;
+    with the tenant label off, the lowest share of any tenant)."""
+
+    def __init__(
+        self, limiter: FallbackLimiter, admitter: TenantAdmitter, *, tenant_label: bool
+    ) -> None:
+        self._limiter = limiter
+        self._admitter = admitter
+        self._tenant_label = tenant_label
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        limiter = self._limiter
+        yield GaugeMetricFamily(
+            "imesh_redis_up",
+            "1 while tenancy's shared Redis answers, 0 while the router serves on local limits.",
+            value=0.0 if limiter.shared_down else 1.0,
+        )
+        yield CounterMetricFamily(
+            "imesh_redis_errors",
+            "Times tenancy found Redis unreachable and fell back to local limits.",
+            value=limiter.outages,
+        )
+        yield CounterMetricFamily(
+            "imesh_redis_fallback_admissions",
+            "Requests admitted on this router's local limits while Redis was unreachable.",
+            value=limiter.fallback_admissions,
+        )
+        labels = ("tenant", "limit") if self._tenant_label else ("limit",)
+        remaining = GaugeMetricFamily(
+            "imesh_tenant_limit_remaining_ratio",
+            "Share of a tenant's request or token limit left after its latest admission.",
+            labels=labels,
+        )
+        lowest: dict[str, float] = {}
+        for tenant, figures in self._admitter.standing.items():
+            for limit, total, left in (
+                ("requests", figures.limit_requests, figures.remaining_requests),
+                ("tokens", figures.limit_tokens, figures.remaining_tokens),
+            ):
+                if not total:
+                    continue
+                ratio = max(left or 0, 0) / total
+                if self._tenant_label:
+                    remaining.add_metric((tenant, limit), ratio)
+                else:
+                    lowest[limit] = min(ratio, lowest.get(limit, 1.0))
+        for limit, ratio in lowest.items():
+            remaining.add_metric((limit,), ratio)
+        yield remaining

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from router.metrics import RouterMetrics
     from router.recorder import RecordSink
     from router.service import ChatRouter
+    from router.tenancy.tenancy import Tenancy
     from router.tracing import RouterTracer
 
 log = logging.getLogger(__name__)
@@ -244,12 +245,16 @@ class RouterObservers:
     tracer: RouterTracer | None
     metrics: RouterMetrics | None
 
-    def watch(self, router: ChatRouter, backends: Mapping[str, Backend]) -> None:
+    def watch(
+        self, router: ChatRouter, backends: Mapping[str, Backend], tenancy: Tenancy | None
+    ) -> None:
         """Expose the router's live state at scrape time: breakers, attempts in flight,
-        and the replicas of the GPU pools its backends watch."""
+        tenancy's Redis and limits, and the replicas of the GPU pools its backends watch."""
         if self.metrics is None:
             return
         self.metrics.watch(router.breakers, router.stats)
+        if tenancy is not None:
+            self.metrics.watch_tenancy(tenancy.limiter, tenancy.admitter)
         from vllm_pool.backend import PoolBackend
         from vllm_pool.metrics import PoolReplicaCollector
 

@@ -17,7 +17,7 @@ from router.scope import Caller, RequestScope
 from router.tenancy.authenticate import KeyAuthenticator, require_model
 from router.tenancy.config import OverloadSettings, TenantConfig
 from router.tenancy.fallback import FallbackLimiter
-from router.tenancy.limits import Grant, Reservation
+from router.tenancy.limits import Grant, RateFigures, Reservation
 from router.tokens import estimate_prompt_tokens
 
 if TYPE_CHECKING:
@@ -85,6 +85,8 @@ class TenantAdmitter:
         self._overload = overload
         self._settling: set[asyncio.Task[None]] = set()
         self.in_flight = 0
+        # Each tenant's standing after its latest admission (metrics read it at scrape).
+        self.standing: dict[str, RateFigures] = {}
 
     async def admit(self, scope: RequestScope) -> Ticket:
         name = scope.caller.tenant
@@ -104,6 +106,7 @@ class TenantAdmitter:
                 retry_after=1.0,
             )
         grant = await self._limiter.reserve(tenant, self._estimator.estimate(name, scope.request))
+        self.standing[name] = grant.figures
         self.in_flight += 1
         return _TenantTicket(self, grant)
 

@@ -9,17 +9,19 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from adapters.registry import build_backends
 from imesh.api import CallContext
 from imesh.errors import MeshError, Reason
 from imesh.v1 import events_pb2
 from router.admission import Ticket
 from router.breaker import CircuitBreaker
-from router.config import BreakerConfig
+from router.config import BreakerConfig, parse_config
 from router.metrics import RouterMetrics
 from router.recorder import AttemptKind, AttemptRecord, Outcome, RequestOutcome, RequestRecord
 from router.scope import Caller, RequestScope
 from router.service import ChatRouter
 from router.stats import StatsRegistry
+from router.tenancy.tenancy import Tenancy
 from tests.reliability.mesh_fakes import (
     DEPLOYMENTS,
     Script,
@@ -301,7 +303,6 @@ def test_metrics_output_passes_the_prometheus_parser() -> None:
     m.watch({"fast-1": CircuitBreaker(BreakerConfig())}, StatsRegistry())
     m.record_attempt(attempt())
     m.record_request(request())
-    m.redis_error("admit")
     families = {
         f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())
     }
@@ -321,7 +322,6 @@ def test_metrics_output_passes_the_prometheus_parser() -> None:
         "imesh_in_flight_streams",
         "imesh_router_overhead_seconds",
         "imesh_rate_limit_rejections",
-        "imesh_redis_errors",
     ):
         assert name in families, name
     assert families["imesh_requests"].type == "counter"
@@ -464,3 +464,38 @@ async def test_a_scripted_scenario_moves_the_metrics_exactly() -> None:
         "imesh_request_errors_total{model=race,reason=QUOTA_EXCEEDED}": 1,
         "imesh_router_overhead_seconds_count{}": 1,
     }
+
+
+async def test_tenant_headroom_and_redis_health_are_read_at_scrape_time() -> None:
+    config = parse_config(
+        {
+            "providers": {"sim": {"kind": "simulated", "ttft_ms": 1, "tokens_per_second": 5000}},
+            "deployments": [{"name": "fast", "provider": "sim", "model": "fast-1"}],
+            "tenancy": {"tenants": {"team-a": {"limits": {"requests_per_minute": 4}}}},
+        }
+    )
+    assert config.tenancy is not None
+    tenancy = Tenancy.build(config.tenancy, config)
+    await tenancy.start()
+    registry = CollectorRegistry()
+    m = RouterMetrics(registry, models=(), deployments=["fast"])
+    m.watch_tenancy(tenancy.limiter, tenancy.admitter)
+    router = ChatRouter(
+        config,
+        build_backends(config.providers),
+        sinks=[m],
+        authenticator=tenancy.authenticator,
+        admitters=[tenancy.admitter],
+    )
+    try:
+        key = (await tenancy.keys.create("team-a")).raw
+        for _ in range(3):
+            await router.chat(user_input("fast"), CallContext(api_key=key))
+    finally:
+        await router.aclose()
+        await tenancy.aclose()
+    left = {"tenant": "team-a", "limit": "requests"}
+    assert registry.get_sample_value("imesh_tenant_limit_remaining_ratio", left) == 0.25
+    assert registry.get_sample_value("imesh_redis_up") == 1
+    assert registry.get_sample_value("imesh_redis_errors_total") == 0
+    assert registry.get_sample_value("imesh_redis_fallback_admissions_total") == 0
