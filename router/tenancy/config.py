@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from decimal import Decimal
 from typing import Literal
@@ -32,11 +33,11 @@ class TenantLimits(Strict):
     budget_per_day: Decimal | None = Field(None, ge=0)
     budget_per_month: Decimal | None = Field(None, ge=0)
 
-    @property
+    @functools.cached_property
     def budget_per_day_micros(self) -> int | None:
         return None if self.budget_per_day is None else int(self.budget_per_day * MICROS_PER_USD)
 
-    @property
+    @functools.cached_property
     def budget_per_month_micros(self) -> int | None:
         if self.budget_per_month is None:
             return None

@@ -5,6 +5,7 @@ micro-dollars), one Lua round trip per admission."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 import uuid
 from collections.abc import Callable
@@ -104,8 +105,12 @@ def refusal(verdict: int, tenant: str, retry_s: float, figures: RateFigures) -> 
 
 def period_ends(now: float) -> tuple[str, str, int, int]:
     """UTC day and month of `now` (wall seconds) and when each ends (ms)."""
-    moment = dt.datetime.fromtimestamp(now, dt.UTC)
-    day = moment.date()
+    return _periods(int(now // 86400))  # Unix time has 86400 s in every UTC day
+
+
+@functools.lru_cache(maxsize=4)
+def _periods(day_number: int) -> tuple[str, str, int, int]:
+    day = dt.date(1970, 1, 1) + dt.timedelta(days=day_number)
     day_end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC)
     next_month = (day.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
     month_end = dt.datetime.combine(next_month, dt.time(), dt.UTC)

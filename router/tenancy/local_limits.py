@@ -3,8 +3,8 @@ while Redis is unreachable (each router then enforces the limits on its own traf
 
 from __future__ import annotations
 
+import itertools
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +52,7 @@ class _TenantState:
     tokens: _Window = field(default_factory=_Window)
     # (period, "tokens" | "cost") -> amount, e.g. ("day:20261127", "tokens")
     periods: defaultdict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    day: str = ""
 
 
 class LocalLimiter:
@@ -63,6 +64,7 @@ class LocalLimiter:
         self._tenants: defaultdict[str, _TenantState] = defaultdict(_TenantState)
         # grant id -> (tenant, second, day, month)
         self._held: dict[str, tuple[str, int, str, str]] = {}
+        self._ids = itertools.count()
 
     async def reserve(self, limits: TenantLimits, reservation: Reservation) -> Grant:
         now = self._wall()
@@ -82,30 +84,31 @@ class LocalLimiter:
         )
         tokens, cost = reservation.tokens, reservation.cost_micros
         p = state.periods
-        to_day, to_month = day_end / 1000 - now, month_end / 1000 - now
-        checks: list[tuple[int, bool, float]] = [
-            (1, _over(requests + 1, rpm), state.requests.wait_s(now, 1, rpm or 0)),
-            (2, _over(spent + tokens, tpm), state.tokens.wait_s(now, tokens, tpm or 0)),
-            (3, _over(p[f"day:{day}", "tokens"] + tokens, limits.tokens_per_day), to_day),
-            (4, _over(p[f"month:{month}", "tokens"] + tokens, limits.tokens_per_month), to_month),
-            (5, _over(p[f"day:{day}", "cost"] + cost, limits.budget_per_day_micros), to_day),
-            (
-                6,
-                _over(p[f"month:{month}", "cost"] + cost, limits.budget_per_month_micros),
-                to_month,
-            ),
-        ]
-        for verdict, over, retry_s in checks:
-            if over:
-                raise refusal(verdict, reservation.tenant, retry_s, figures)
-        for stale in [k for k in p if k[0] not in (f"day:{day}", f"month:{month}")]:
-            del p[stale]  # periods that ended
+        if state.day != day:  # a new UTC day (or month): forget the periods that ended
+            state.day = day
+            for stale in [k for k in p if k[0] not in (f"day:{day}", f"month:{month}")]:
+                del p[stale]
+        verdict = 0
+        if _over(requests + 1, rpm):
+            verdict, retry_s = 1, state.requests.wait_s(now, 1, rpm or 0)
+        elif _over(spent + tokens, tpm):
+            verdict, retry_s = 2, state.tokens.wait_s(now, tokens, tpm or 0)
+        elif _over(p[f"day:{day}", "tokens"] + tokens, limits.tokens_per_day):
+            verdict, retry_s = 3, day_end / 1000 - now
+        elif _over(p[f"month:{month}", "tokens"] + tokens, limits.tokens_per_month):
+            verdict, retry_s = 4, month_end / 1000 - now
+        elif _over(p[f"day:{day}", "cost"] + cost, limits.budget_per_day_micros):
+            verdict, retry_s = 5, day_end / 1000 - now
+        elif _over(p[f"month:{month}", "cost"] + cost, limits.budget_per_month_micros):
+            verdict, retry_s = 6, month_end / 1000 - now
+        if verdict:
+            raise refusal(verdict, reservation.tenant, retry_s, figures)
         state.requests.add(second, 1)
         state.tokens.add(second, tokens)
         for period in (f"day:{day}", f"month:{month}"):
             p[period, "tokens"] += tokens
             p[period, "cost"] += cost
-        grant_id = uuid.uuid4().hex
+        grant_id = f"local-{next(self._ids)}"
         self._held[grant_id] = (reservation.tenant, second, day, month)
         return Grant(
             grant_id,
