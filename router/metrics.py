@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from imesh.errors import Reason
+from imesh.errors import Reason, classify
 from router.breaker import BreakerState, CircuitBreaker
 from router.recorder import AttemptKind, AttemptRecord, RequestOutcome, RequestRecord
 from router.stats import StatsRegistry
@@ -85,8 +85,9 @@ class RouterMetrics:
         )
         self.request_errors = counter(
             "imesh_request_errors",
-            "Failed requests by the reason the caller was given.",
-            ("model", "reason"),
+            "Failed requests by the reason the caller was given and whose fault it was "
+            "(caller, mesh, upstream).",
+            ("model", "reason", "fault"),
         )
         self.duration = histogram(
             "imesh_request_duration_seconds",
@@ -193,7 +194,8 @@ class RouterMetrics:
         self._child(self.requests, model, deployment, *tenant, outcome.value).inc()
         reason = record.reason
         if reason is not None and outcome is RequestOutcome.FAILURE:
-            self._child(self.request_errors, model, reason.value).inc()
+            fault = classify(record.error).fault.value if record.error is not None else "mesh"
+            self._child(self.request_errors, model, reason.value, fault).inc()
             if reason in _RATE_LIMIT_REASONS:
                 self._child(self.rate_limited, *tenant, reason.value).inc()
             elif reason in _SHED_REASONS:

@@ -197,7 +197,12 @@ def test_refusals_count_as_rate_limit_or_load_shed_by_reason() -> None:
     assert limited("imesh_load_shed_total", {"tenant": "alice", "reason": "OVERLOADED"}) == 1
     refused = {"model": "chat", "deployment": "none", "tenant": "alice", "outcome": "failure"}
     assert value(registry, "imesh_requests_total", **refused) == 3
-    assert value(registry, "imesh_request_errors_total", model="chat", reason="OVERLOADED") == 1
+    assert (
+        value(
+            registry, "imesh_request_errors_total", model="chat", reason="OVERLOADED", fault="mesh"
+        )
+        == 1
+    )
     # Nothing answered: no answer latency is recorded for refusals.
     assert (
         value(registry, "imesh_request_duration_seconds_count", model="chat", deployment="none")
@@ -218,7 +223,13 @@ def test_an_unknown_model_is_one_label_value_however_many_callers_invent() -> No
             )
         )
     assert (
-        value(registry, "imesh_request_errors_total", model="unknown", reason="MODEL_NOT_FOUND")
+        value(
+            registry,
+            "imesh_request_errors_total",
+            model="unknown",
+            reason="MODEL_NOT_FOUND",
+            fault="caller",
+        )
         == 50
     )
 
@@ -447,7 +458,7 @@ async def test_a_scripted_scenario_moves_the_metrics_exactly() -> None:
         "imesh_breaker_state{deployment=dep-c,state=open}": 1,
         "imesh_breaker_transitions_total{deployment=dep-c,from=closed,to=open}": 1,
         "imesh_requests_total{deployment=none,model=down,outcome=failure,tenant=none}": 1,
-        "imesh_request_errors_total{model=down,reason=ALL_ATTEMPTS_FAILED}": 1,
+        "imesh_request_errors_total{fault=upstream,model=down,reason=ALL_ATTEMPTS_FAILED}": 1,
         "imesh_router_overhead_seconds_count{}": 1,
     }
     # The hedge won; the primary it beat was cancelled, its prompt spent all the same
@@ -461,7 +472,7 @@ async def test_a_scripted_scenario_moves_the_metrics_exactly() -> None:
     assert refused == {
         "imesh_rate_limit_rejections_total{reason=QUOTA_EXCEEDED,tenant=none}": 1,
         "imesh_requests_total{deployment=none,model=race,outcome=failure,tenant=none}": 1,
-        "imesh_request_errors_total{model=race,reason=QUOTA_EXCEEDED}": 1,
+        "imesh_request_errors_total{fault=caller,model=race,reason=QUOTA_EXCEEDED}": 1,
         "imesh_router_overhead_seconds_count{}": 1,
     }
 
