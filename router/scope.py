@@ -4,7 +4,6 @@ stage (authenticate -> admit -> plan -> execute -> settle)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -38,8 +37,9 @@ class RequestScope:
 
     `deadline` is the request's one deadline (the caller's, capped by the router's
     request timeout) on the one clock, `time.monotonic()`; `started_at` is on that clock.
-    `trace` holds the caller's trace context (W3C headers) for whoever traces; `cache` is
-    the caller's cache policy.
+    `span` is the request's trace span while tracing is on (router.tracing; the caller's
+    trace context arrives as the current OpenTelemetry context); `cache` is the caller's
+    cache policy.
     """
 
     request_id: str
@@ -47,7 +47,6 @@ class RequestScope:
     request: chat_pb2.ChatInput
     deadline: Deadline
     started_at: float = field(default_factory=time.monotonic)
-    trace: Mapping[str, str] = field(default_factory=dict)
     plan: Plan | None = None
     attempts: list[Attempt] = field(default_factory=list)
     retries: int = 0  # attempts on a deployment this request had already tried
