@@ -22,7 +22,8 @@ from gateway.responses import Exchange, malformed_key, send_error, send_json
 from gateway.sse import DisconnectWatch, relay_stream
 from gateway.translate_request import ChatCall, RequestLimits, parse_chat_body
 from gateway.translate_response import completion_body, model_body, model_objects, models_body
-from imesh.api import CallContext, ChatAPI
+from gateway.usage import USAGE_PATH, no_tenancy, usage_body, usage_request
+from imesh.api import CallContext, ChatAPI, UsageAPI
 from imesh.errors import MeshError, Reason
 from imesh.v1 import chat_service_pb2
 from router.config import GatewaySettings
@@ -30,7 +31,7 @@ from router.config import GatewaySettings
 Handler = Callable[[Exchange, Scope, Receive, Send], Awaitable[None]]
 
 CHAT_PATH = "/v1/chat/completions"
-_KNOWN_PATHS = frozenset({CHAT_PATH, "/v1/models", "/healthz", "/readyz"})
+_KNOWN_PATHS = frozenset({CHAT_PATH, "/v1/models", "/healthz", "/readyz", USAGE_PATH})
 _OK_BODY = b'{"status":"ok"}'
 # Bounds a readiness probe's wait on the router; probes must answer fast either way.
 READY_TIMEOUT_S = 2.0
@@ -43,15 +44,22 @@ class ClientGone(Exception):
     """The caller disconnected before its request body arrived."""
 
 
-def create_app(api: ChatAPI, settings: GatewaySettings, *, owns_api: bool = False) -> Starlette:
+def create_app(
+    api: ChatAPI,
+    settings: GatewaySettings,
+    *,
+    owns_api: bool = False,
+    usage: UsageAPI | None = None,
+) -> Starlette:
     """The edge as an ASGI app. With `owns_api`, the app's shutdown closes `api`."""
-    edge = _Edge(api, settings)
+    edge = _Edge(api, settings, usage)
     routes = [
         Route(CHAT_PATH, _Endpoint(edge.chat_completions), methods=["POST"]),
         Route("/v1/models", _Endpoint(edge.list_models), methods=["GET"]),
         Route("/v1/models/{model_id:path}", _Endpoint(edge.retrieve_model), methods=["GET"]),
         Route("/healthz", _Endpoint(edge.healthz), methods=["GET"]),
         Route("/readyz", _Endpoint(edge.readyz), methods=["GET"]),
+        Route(USAGE_PATH, _Endpoint(edge.usage), methods=["GET"]),
         # Last: anything else gets an OpenAI-style 404/405 instead of Starlette's plain text.
         Route("/{path:path}", _Endpoint(edge.unknown_route)),
     ]
@@ -92,8 +100,9 @@ class _Endpoint:
 class _Edge:
     """The handlers; built once per app, sharing one ChatAPI (one channel per worker)."""
 
-    def __init__(self, api: ChatAPI, settings: GatewaySettings) -> None:
+    def __init__(self, api: ChatAPI, settings: GatewaySettings, usage: UsageAPI | None) -> None:
         self._api = api
+        self._usage = usage
         self._max_body = settings.max_body_bytes
         self._limits = RequestLimits(
             max_messages=settings.max_messages,
@@ -180,6 +189,20 @@ class _Edge:
         else:
             body = _unready("router unreachable or no deployment has a closed breaker")
             await send_json(send, ex, 503, body)
+
+    async def usage(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
+        """The caller's tenant's usage (imesh.v1.UsageService), as JSON."""
+        try:
+            if self._usage is None:
+                raise no_tenancy()
+            request = usage_request(scope["query_string"])
+            ctx = CallContext(api_key=ex.api_key, request_id=ex.request_id)
+            response = await self._usage.get_usage(request, ctx)
+        except Exception as exc:
+            log_unexpected(exc)
+            await send_error(send, ex, exc)
+            return
+        await send_json(send, ex, 200, usage_body(response))
 
     async def unknown_route(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]

@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 
 from gateway.app import create_app
 from gateway.http_limits import bounded_protocol
-from imesh.api import ChatAPI
+from imesh.api import ChatAPI, UsageAPI
 from router.config import GatewaySettings, parse_listen
 
 # How the standalone parent hands its config to worker processes (which import the app).
@@ -109,9 +109,15 @@ class GatewayServer:
             raise OSError(f"gateway cannot listen on {self._listen}") from None
 
 
-async def start_gateway(api: ChatAPI, settings: GatewaySettings, listen: str) -> GatewayServer:
-    """The edge over `api`, serving on `listen` (port 0 picks a free port) in this loop."""
-    server = GatewayServer(create_app(api, settings), listen, settings)
+async def start_gateway(
+    api: ChatAPI,
+    settings: GatewaySettings,
+    listen: str,
+    usage: UsageAPI | None = None,
+) -> GatewayServer:
+    """The edge over `api`, serving on `listen` (port 0 picks a free port) in this loop;
+    `GET /v1/usage` answers from `usage` (None: the mesh runs without tenancy)."""
+    server = GatewayServer(create_app(api, settings, usage=usage), listen, settings)
     await server.start()
     return server
 
@@ -154,4 +160,5 @@ def app_from_env() -> Starlette:
     from imesh import Client  # the gRPC client is only needed when deployed apart
 
     settings = GatewaySettings.model_validate_json(os.environ[ENV_SETTINGS])
-    return create_app(Client(os.environ[ENV_ROUTER]), settings, owns_api=True)
+    client = Client(os.environ[ENV_ROUTER])  # also the UsageAPI, over imesh.v1.UsageService
+    return create_app(client, settings, owns_api=True, usage=client)

@@ -19,7 +19,7 @@ from router.cli._common import (
 
 if TYPE_CHECKING:
     from gateway.server import GatewayServer
-    from imesh.api import ChatAPI
+    from imesh.api import ChatAPI, UsageAPI
     from router.config import MeshConfig
 
 UP_EPILOG = """\
@@ -93,6 +93,7 @@ def run_router(args: argparse.Namespace) -> int:
 async def serve_mesh(config: MeshConfig, listen: str, http: str | None) -> int:
     """Router on `listen`, plus the REST edge on `http` when given, until SIGTERM/SIGINT."""
     from adapters.factory import build_backends
+    from router.cli.tenancy_setup import start_tenancy
     from router.server import start_router_server
     from router.service import ChatRouter
 
@@ -104,7 +105,14 @@ async def serve_mesh(config: MeshConfig, listen: str, http: str | None) -> int:
         backends = build_backends(config.providers)
     except ValueError as exc:  # a secret's variable is unset: names it, never its value
         fail(str(exc), 2)
-    chat_router = ChatRouter(config, backends)
+    tenancy = await start_tenancy(config)  # None without a `tenancy` section
+    chat_router = ChatRouter(
+        config,
+        backends,
+        sinks=tenancy.sinks if tenancy else (),
+        authenticator=tenancy.authenticator if tenancy else None,
+        admitters=tenancy.admitters if tenancy else (),
+    )
     try:
         try:
             server = await start_router_server(
@@ -112,6 +120,7 @@ async def serve_mesh(config: MeshConfig, listen: str, http: str | None) -> int:
                 listen,
                 max_request_bytes=config.router.max_request_bytes,
                 tls=config.router.tls,
+                services=tenancy.services if tenancy else (),
             )
         except KeyError as exc:  # a TLS file is missing or not PEM: names it
             fail(f"router.tls: {exc.args[0]}", 2)
@@ -119,7 +128,8 @@ async def serve_mesh(config: MeshConfig, listen: str, http: str | None) -> int:
             fail(f"error: router cannot listen on {listen}: {exc}", 2)
         print(f"router gRPC on {shown_address(listen, server.port)}", flush=True)
         try:
-            edge = await _start_edge(chat_router, config, http) if http else None
+            usage = tenancy.usage_api if tenancy else None
+            edge = await _start_edge(chat_router, config, http, usage) if http else None
         except SystemExit:
             await server.stop(0)  # no gRPC server left for the interpreter's teardown
             raise
@@ -134,10 +144,14 @@ async def serve_mesh(config: MeshConfig, listen: str, http: str | None) -> int:
             await edge.stop()
     finally:
         await chat_router.aclose()
+        if tenancy is not None:
+            await tenancy.aclose()
     return 0
 
 
-async def _start_edge(api: ChatAPI, config: MeshConfig, http: str) -> GatewayServer | None:
+async def _start_edge(
+    api: ChatAPI, config: MeshConfig, http: str, usage: UsageAPI | None = None
+) -> GatewayServer | None:
     """The REST edge over the in-process router (no gRPC hop); None when not installed."""
     try:
         from gateway.server import start_gateway
@@ -147,7 +161,7 @@ async def _start_edge(api: ChatAPI, config: MeshConfig, http: str) -> GatewaySer
         print("edge HTTP skipped: gateway.server is not available", file=sys.stderr)
         return None
     try:
-        edge = await start_gateway(api, config.gateway, http)
+        edge = await start_gateway(api, config.gateway, http, usage=usage)
     except (OSError, ValueError) as exc:
         fail(f"error: edge cannot listen on {http}: {exc}", 2)
     print(f"edge HTTP on http://{shown_address(http, edge.port)}", flush=True)
