@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import dataclass
 
 import pytest
 
@@ -165,3 +166,24 @@ def test_build_policies_gives_fresh_instances_of_every_policy() -> None:
     first, second = build_policies(), build_policies()
     assert set(first) == set(POLICY_NAMES)
     assert all(first[n] is not second[n] for n in POLICY_NAMES)
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A policy Target that is not a deployment: what the GPU pool ranks."""
+
+    name: str
+    in_flight: int = 0
+    ttft_ewma: float | None = None
+    weight: int = 1
+    estimated_cost_micros: int = 0
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_every_policy_ranks_any_target_not_only_deployments(name: PolicyName) -> None:
+    replicas = [Replica("r1", in_flight=3, ttft_ewma=0.2), Replica("r2", ttft_ewma=0.1)]
+    ranked: list[Replica] = new_policy(name, random.Random(1)).rank(replicas, REQUEST)
+    assert sorted(r.name for r in ranked) == ["r1", "r2"]
+    assert all(isinstance(r, Replica) for r in ranked)
+    if name in ("least_in_flight", "lowest_latency", "power_of_two"):
+        assert ranked[0].name == "r2"
