@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= router/default_config.yaml
 
-.PHONY: install run test lint proto proto-check bench redis-server clean
+.PHONY: install run test test-image lint proto proto-check bench redis-server clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## Start the whole mesh in one process on the shipped default config (simulated providers).
+## Other addresses: make run ARGS="--listen 127.0.0.1:6000 --http 127.0.0.1:9000"
 run: $(STAMP)
-	$(BIN)/imesh up --config $(CONFIG)
+	$(BIN)/imesh up --config $(CONFIG) $(ARGS)
 
 ## Tests need a redis-server binary (each test run starts its own on a free port).
 redis-server:
@@ -29,6 +30,12 @@ redis-server:
 
 test: $(STAMP) redis-server
 	$(BIN)/python -m pytest -q
+
+## Build deploy/Dockerfile offline (Debian base made by debootstrap, cached; wheels built on
+## the host), run `imesh up` in it and call it from the host. Installs docker.io and starts
+## dockerd when missing; skips, saying why, only when no daemon can start.
+test-image: $(STAMP)
+	PY=$(BIN)/python deploy/test-image.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
