@@ -29,7 +29,8 @@ class Attempt:
 
     - `start()` runs the opening in the attempt's own task: open the backend stream and
       read it until the first batch with output (content or a tool call), its end, or a
-      failure; then call `on_ready(self)` once. An attempt that ended is recorded by then.
+      failure; then call `on_ready(self)` once. A failed attempt is recorded by then; one
+      that ended cleanly without output once the request knows whether it won.
     - An attempt with output waits there, its stream open, until the request decides:
       `take_over()` (it won: from now on the request's task reads the stream directly
       with `read()`, no queue between them) or `cancel()` (it lost: its task closes the

@@ -109,6 +109,8 @@ class Run:
         winner = self._winner
         assert winner is not None, "first_batch() first"
         out = await winner.read()
+        while out is not None and self._final_sent:
+            out = await winner.read()  # after the finish only the stream's end is left
         if out is not None:
             if winner.finish is not None:
                 self._add_final(out)
