@@ -80,7 +80,8 @@ async def test_over_the_limit_a_request_is_refused_at_once_with_retry_info() -> 
     holding = [await _open_stream(mesh), await _open_stream(mesh)]
     started = time.monotonic()
     _, error = await collect(mesh, user_input("dep-a"))
-    assert time.monotonic() - started < 0.05  # refused, not queued until a slot frees
+    # Refused, not queued: the streams holding the slots run for about a second more.
+    assert time.monotonic() - started < 0.5
     assert isinstance(error, MeshError)
     assert error.reason is Reason.OVERLOADED
     assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
