@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= router/default_config.yaml
 
-.PHONY: install run test test-image lint proto proto-check bench redis-server clean
+.PHONY: install run test test-image vllm-env lint proto proto-check bench redis-server clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,7 +28,14 @@ redis-server:
 	  (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null 2>&1 || \
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq redis-server) >/dev/null; }
 
-test: $(STAMP) redis-server
+## A real vLLM engine on CPU for the GPU pool's end-to-end tests (marker `vllm`; deselect with
+## -m 'not vllm'): its own venv, built once into ~/.cache/inference-mesh (a few minutes).
+## Unavailable, those tests skip; with IMESH_REQUIRE_VLLM=1 (CI) this target fails instead.
+vllm-env: $(STAMP)
+	@$(BIN)/python tests/vllm_pool/vllm_env.py >/dev/null || { [ "$$IMESH_REQUIRE_VLLM" != 1 ] && \
+	  echo "no vLLM environment: the vllm tests will skip"; }
+
+test: $(STAMP) redis-server vllm-env
 	$(BIN)/python -m pytest -q
 
 ## Build deploy/Dockerfile offline (Debian base made by debootstrap, cached; wheels built on
