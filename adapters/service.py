@@ -94,7 +94,8 @@ class AdapterServer:
         await self._server.wait_for_termination()
 
 
-# Request metadata beyond this is refused (RESOURCE_EXHAUSTED); gRPC's hard limit is 1.25x.
+# Request metadata beyond this is refused (RESOURCE_EXHAUSTED). Set as gRPC's soft and hard
+# limit alike: between the two, gRPC refuses at random.
 MAX_METADATA_BYTES = 8 * 1024
 
 
@@ -114,7 +115,11 @@ async def start_adapter_server(
     # No SO_REUSEPORT: a second server on a busy port must fail, not share it silently.
     server = grpc.aio.server(
         interceptors=security.interceptors,
-        options=[("grpc.so_reuseport", 0), ("grpc.max_metadata_size", MAX_METADATA_BYTES)],
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+            ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
+        ],
     )
     adapter_service_pb2_grpc.add_AdapterServiceServicer_to_server(AdapterServicer(backend), server)
     health_servicer = health_aio.HealthServicer()

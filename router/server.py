@@ -192,6 +192,11 @@ class RouterServer:
         await self.server.wait_for_termination()
 
 
+# Request metadata beyond this is refused (RESOURCE_EXHAUSTED). Set as gRPC's soft and hard
+# limit alike: between the two, gRPC refuses at random.
+MAX_METADATA_BYTES = 8 * 1024
+
+
 async def start_router_server(
     api: ChatAPI,
     listen: str,
@@ -206,6 +211,8 @@ async def start_router_server(
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_request_bytes),
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),  # keys, ids, trace context
+            ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
             # A second router on a taken port must fail, not silently share it.
             ("grpc.so_reuseport", 0),
         ]

@@ -25,7 +25,7 @@ from router.recorder import Recorder, RecordSink, RequestOutcome
 from router.scope import ANONYMOUS, RequestScope
 from router.stats import StatsRegistry
 from router.tracing import RouterTracer
-from router.validate import validate_chat_input
+from router.validate import validate_chat_input_off_loop
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class ChatRouter:
         run: Run | None = None
         try:
             scope.caller = await self._auth.authenticate(ctx.api_key)  # authenticate
-            validate_chat_input(request)
+            await validate_chat_input_off_loop(request)
             ticket = await admit_all(self._admitters, scope)  # admit
             scope.plan = plan = self._planner.plan(request)  # plan
             if timeout <= 0:

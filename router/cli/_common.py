@@ -110,8 +110,14 @@ def usable_listen(what: str, listen: str) -> str:
     return listen
 
 
+# How long a worker thread (parsing or counting a large request) may keep the GIL from
+# the event loop: Python's default is 5 ms per hand-over, and one request waits for several.
+GIL_SWITCH_S = 0.001
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run `main` on uvloop when it is installed, else on asyncio's default loop."""
+    sys.setswitchinterval(GIL_SWITCH_S)
     try:
         import uvloop
     except ImportError:
