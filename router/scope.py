@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from adapters.deadline import Deadline
-from imesh.v1 import chat_pb2
+from imesh.v1 import chat_pb2, events_pb2
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -55,6 +55,9 @@ class RequestScope:
     backoff_s: float = 0.0  # spent waiting between retries
     winner: Attempt | None = None
     span: Span | None = None  # the request's span while tracing is on (router.tracing)
+    # The caller's standing against its rate limits, set by an admitter (tenancy); the
+    # router stamps it on the start event.
+    rate_limit: events_pb2.RateLimitStatus | None = None
 
     @property
     def model(self) -> str:

@@ -116,6 +116,8 @@ class ChatRouter:
                 raise MeshError.of(Reason.CALLER_DEADLINE, "no time left for the call")
             run = self._executor.run(scope, plan)  # execute
             batch: Batch | None = await run.first_batch()
+            if batch and scope.rate_limit is not None and batch[0].HasField("start"):
+                batch[0].start.rate_limit.CopyFrom(scope.rate_limit)
             while batch is not None:
                 yield batch
                 batch = await run.next_batch()
@@ -239,6 +241,8 @@ async def aggregate(
                     response.model = event.start.model
                     response.deployment = event.start.deployment
                     response.provider_model = event.start.provider_model
+                    if event.start.HasField("rate_limit"):
+                        response.rate_limit.CopyFrom(event.start.rate_limit)
                 elif which == "usage":
                     response.usage.CopyFrom(event.usage)
                 elif which == "finish":
