@@ -26,33 +26,33 @@ from imesh.v1 import chat_pb2 as imesh_dot_v1_dot_chat__pb2
 from imesh.v1 import events_pb2 as imesh_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bimesh/v1/chat_service.proto\x12\x08imesh.v1\x1a\x13imesh/v1/chat.proto\x1a\x15imesh/v1/events.proto\"1\n\x0b\x43hatRequest\x12\"\n\x05input\x18\x01 \x01(\x0b\x32\x13.imesh.v1.ChatInput\"\xd0\x01\n\x0c\x43hatResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\x16\n\x0eprovider_model\x18\x04 \x01(\t\x12\"\n\x07message\x18\x05 \x01(\x0b\x32\x11.imesh.v1.Message\x12-\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x16.imesh.v1.FinishReason\x12\x1e\n\x05usage\x18\x07 \x01(\x0b\x32\x0f.imesh.v1.Usage\"7\n\x11\x43hatStreamRequest\x12\"\n\x05input\x18\x01 \x01(\x0b\x32\x13.imesh.v1.ChatInput\"9\n\x12\x43hatStreamResponse\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.imesh.v1.ChatEvent\"\x13\n\x11ListModelsRequest\"j\n\x12ListModelsResponse\x12%\n\x07\x61liases\x18\x01 \x03(\x0b\x32\x14.imesh.v1.ModelAlias\x12-\n\x0b\x64\x65ployments\x18\x02 \x03(\x0b\x32\x18.imesh.v1.DeploymentInfo\">\n\nModelAlias\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ncandidates\x18\x02 \x03(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t\"\xeb\x01\n\x0e\x44\x65ploymentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x16\n\x0eprovider_model\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\x04 \x01(\x05\x12*\n\x0c\x63\x61pabilities\x18\x05 \x03(\x0e\x32\x14.imesh.v1.Capability\x12\x1e\n\x05price\x18\x06 \x01(\x0b\x32\x0f.imesh.v1.Price\x12\x0e\n\x06weight\x18\x07 \x01(\x05\x12-\n\rbreaker_state\x18\x08 \x01(\x0e\x32\x16.imesh.v1.BreakerState\"l\n\x05Price\x12\x1d\n\x15input_micros_per_mtok\x18\x01 \x01(\x03\x12\x1e\n\x16output_micros_per_mtok\x18\x02 \x01(\x03\x12$\n\x1c\x63\x61\x63hed_input_micros_per_mtok\x18\x03 \x01(\x03*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\xd8\x01\n\x0b\x43hatService\x12\x35\n\x04\x43hat\x12\x15.imesh.v1.ChatRequest\x1a\x16.imesh.v1.ChatResponse\x12I\n\nChatStream\x12\x1b.imesh.v1.ChatStreamRequest\x1a\x1c.imesh.v1.ChatStreamResponse0\x01\x12G\n\nListModels\x12\x1b.imesh.v1.ListModelsRequest\x1a\x1c.imesh.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bimesh/v1/chat_service.proto\x12\x08imesh.v1\x1a\x13imesh/v1/chat.proto\x1a\x15imesh/v1/events.proto\"1\n\x0b\x43hatRequest\x12\"\n\x05input\x18\x01 \x01(\x0b\x32\x13.imesh.v1.ChatInput\"\xff\x01\n\x0c\x43hatResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\x16\n\x0eprovider_model\x18\x04 \x01(\t\x12\"\n\x07message\x18\x05 \x01(\x0b\x32\x11.imesh.v1.Message\x12-\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x16.imesh.v1.FinishReason\x12\x1e\n\x05usage\x18\x07 \x01(\x0b\x32\x0f.imesh.v1.Usage\x12-\n\nrate_limit\x18\x08 \x01(\x0b\x32\x19.imesh.v1.RateLimitStatus\"7\n\x11\x43hatStreamRequest\x12\"\n\x05input\x18\x01 \x01(\x0b\x32\x13.imesh.v1.ChatInput\"9\n\x12\x43hatStreamResponse\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.imesh.v1.ChatEvent\"\x13\n\x11ListModelsRequest\"j\n\x12ListModelsResponse\x12%\n\x07\x61liases\x18\x01 \x03(\x0b\x32\x14.imesh.v1.ModelAlias\x12-\n\x0b\x64\x65ployments\x18\x02 \x03(\x0b\x32\x18.imesh.v1.DeploymentInfo\">\n\nModelAlias\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ncandidates\x18\x02 \x03(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t\"\xeb\x01\n\x0e\x44\x65ploymentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x16\n\x0eprovider_model\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\x04 \x01(\x05\x12*\n\x0c\x63\x61pabilities\x18\x05 \x03(\x0e\x32\x14.imesh.v1.Capability\x12\x1e\n\x05price\x18\x06 \x01(\x0b\x32\x0f.imesh.v1.Price\x12\x0e\n\x06weight\x18\x07 \x01(\x05\x12-\n\rbreaker_state\x18\x08 \x01(\x0e\x32\x16.imesh.v1.BreakerState\"l\n\x05Price\x12\x1d\n\x15input_micros_per_mtok\x18\x01 \x01(\x03\x12\x1e\n\x16output_micros_per_mtok\x18\x02 \x01(\x03\x12$\n\x1c\x63\x61\x63hed_input_micros_per_mtok\x18\x03 \x01(\x03*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\xd8\x01\n\x0b\x43hatService\x12\x35\n\x04\x43hat\x12\x15.imesh.v1.ChatRequest\x1a\x16.imesh.v1.ChatResponse\x12I\n\nChatStream\x12\x1b.imesh.v1.ChatStreamRequest\x1a\x1c.imesh.v1.ChatStreamResponse0\x01\x12G\n\nListModels\x12\x1b.imesh.v1.ListModelsRequest\x1a\x1c.imesh.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imesh.v1.chat_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BREAKERSTATE']._serialized_start=1004
-  _globals['_BREAKERSTATE']._serialized_end=1128
+  _globals['_BREAKERSTATE']._serialized_start=1051
+  _globals['_BREAKERSTATE']._serialized_end=1175
   _globals['_CHATREQUEST']._serialized_start=85
   _globals['_CHATREQUEST']._serialized_end=134
   _globals['_CHATRESPONSE']._serialized_start=137
-  _globals['_CHATRESPONSE']._serialized_end=345
-  _globals['_CHATSTREAMREQUEST']._serialized_start=347
-  _globals['_CHATSTREAMREQUEST']._serialized_end=402
-  _globals['_CHATSTREAMRESPONSE']._serialized_start=404
-  _globals['_CHATSTREAMRESPONSE']._serialized_end=461
-  _globals['_LISTMODELSREQUEST']._serialized_start=463
-  _globals['_LISTMODELSREQUEST']._serialized_end=482
-  _globals['_LISTMODELSRESPONSE']._serialized_start=484
-  _globals['_LISTMODELSRESPONSE']._serialized_end=590
-  _globals['_MODELALIAS']._serialized_start=592
-  _globals['_MODELALIAS']._serialized_end=654
-  _globals['_DEPLOYMENTINFO']._serialized_start=657
-  _globals['_DEPLOYMENTINFO']._serialized_end=892
-  _globals['_PRICE']._serialized_start=894
-  _globals['_PRICE']._serialized_end=1002
-  _globals['_CHATSERVICE']._serialized_start=1131
-  _globals['_CHATSERVICE']._serialized_end=1347
+  _globals['_CHATRESPONSE']._serialized_end=392
+  _globals['_CHATSTREAMREQUEST']._serialized_start=394
+  _globals['_CHATSTREAMREQUEST']._serialized_end=449
+  _globals['_CHATSTREAMRESPONSE']._serialized_start=451
+  _globals['_CHATSTREAMRESPONSE']._serialized_end=508
+  _globals['_LISTMODELSREQUEST']._serialized_start=510
+  _globals['_LISTMODELSREQUEST']._serialized_end=529
+  _globals['_LISTMODELSRESPONSE']._serialized_start=531
+  _globals['_LISTMODELSRESPONSE']._serialized_end=637
+  _globals['_MODELALIAS']._serialized_start=639
+  _globals['_MODELALIAS']._serialized_end=701
+  _globals['_DEPLOYMENTINFO']._serialized_start=704
+  _globals['_DEPLOYMENTINFO']._serialized_end=939
+  _globals['_PRICE']._serialized_start=941
+  _globals['_PRICE']._serialized_end=1049
+  _globals['_CHATSERVICE']._serialized_start=1178
+  _globals['_CHATSERVICE']._serialized_end=1394
 # @@protoc_insertion_point(module_scope)

@@ -71,6 +71,7 @@ class ChatResponse(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     model: _builtins.str
     deployment: _builtins.str
@@ -82,6 +83,10 @@ class ChatResponse(_message.Message):
 
     @_builtins.property
     def usage(self) -> _events_pb2.Usage: ...
+    @_builtins.property
+    def rate_limit(self) -> _events_pb2.RateLimitStatus:
+        """As in StreamStart: the tenant's standing once the request was admitted."""
+
     def __init__(
         self,
         *,
@@ -92,10 +97,11 @@ class ChatResponse(_message.Message):
         message: _chat_pb2.Message | None = ...,
         finish_reason: _events_pb2.FinishReason.ValueType = ...,
         usage: _events_pb2.Usage | None = ...,
+        rate_limit: _events_pb2.RateLimitStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "rate_limit", b"rate_limit", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "finish_reason", b"finish_reason", "message", b"message", "model", b"model", "provider_model", b"provider_model", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "finish_reason", b"finish_reason", "message", b"message", "model", b"model", "provider_model", b"provider_model", "rate_limit", b"rate_limit", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,27 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15imesh/v1/events.proto\x12\x08imesh.v1\"\x83\x02\n\tChatEvent\x12&\n\x05start\x18\x01 \x01(\x0b\x32\x15.imesh.v1.StreamStartH\x00\x12)\n\x07\x63ontent\x18\x02 \x01(\x0b\x32\x16.imesh.v1.ContentDeltaH\x00\x12,\n\ttool_call\x18\x03 \x01(\x0b\x32\x17.imesh.v1.ToolCallDeltaH\x00\x12 \n\x05usage\x18\x04 \x01(\x0b\x32\x0f.imesh.v1.UsageH\x00\x12\"\n\x06\x66inish\x18\x05 \x01(\x0b\x32\x10.imesh.v1.FinishH\x00\x12&\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x15.imesh.v1.StreamErrorH\x00\x42\x07\n\x05\x65vent\"m\n\x0bStreamStart\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\x16\n\x0eprovider_model\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\"\x1c\n\x0c\x43ontentDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"Q\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x17\n\x0f\x61rguments_delta\x18\x04 \x01(\t\"\x92\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x15\n\rcached_tokens\x18\x03 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\x04 \x01(\x03\x12\x13\n\x0b\x63ost_micros\x18\x05 \x01(\x03\x12\x11\n\testimated\x18\x06 \x01(\x08\"0\n\x06\x46inish\x12&\n\x06reason\x18\x01 \x01(\x0e\x32\x16.imesh.v1.FinishReason\"x\n\x0bStreamError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12&\n\rpartial_usage\x18\x04 \x01(\x0b\x32\x0f.imesh.v1.Usage\x12\x12\n\ndeployment\x18\x05 \x01(\t*\x9f\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15imesh/v1/events.proto\x12\x08imesh.v1\"\x83\x02\n\tChatEvent\x12&\n\x05start\x18\x01 \x01(\x0b\x32\x15.imesh.v1.StreamStartH\x00\x12)\n\x07\x63ontent\x18\x02 \x01(\x0b\x32\x16.imesh.v1.ContentDeltaH\x00\x12,\n\ttool_call\x18\x03 \x01(\x0b\x32\x17.imesh.v1.ToolCallDeltaH\x00\x12 \n\x05usage\x18\x04 \x01(\x0b\x32\x0f.imesh.v1.UsageH\x00\x12\"\n\x06\x66inish\x18\x05 \x01(\x0b\x32\x10.imesh.v1.FinishH\x00\x12&\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x15.imesh.v1.StreamErrorH\x00\x42\x07\n\x05\x65vent\"\x9c\x01\n\x0bStreamStart\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\x16\n\x0eprovider_model\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12-\n\nrate_limit\x18\x06 \x01(\x0b\x32\x19.imesh.v1.RateLimitStatus\"\xb3\x01\n\x0fRateLimitStatus\x12\x16\n\x0elimit_requests\x18\x01 \x01(\x03\x12\x1a\n\x12remaining_requests\x18\x02 \x01(\x03\x12\x1e\n\x16reset_requests_seconds\x18\x03 \x01(\x01\x12\x14\n\x0climit_tokens\x18\x04 \x01(\x03\x12\x18\n\x10remaining_tokens\x18\x05 \x01(\x03\x12\x1c\n\x14reset_tokens_seconds\x18\x06 \x01(\x01\"\x1c\n\x0c\x43ontentDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"Q\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x17\n\x0f\x61rguments_delta\x18\x04 \x01(\t\"\x92\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x12\x15\n\rcached_tokens\x18\x03 \x01(\x03\x12\x18\n\x10reasoning_tokens\x18\x04 \x01(\x03\x12\x13\n\x0b\x63ost_micros\x18\x05 \x01(\x03\x12\x11\n\testimated\x18\x06 \x01(\x08\"0\n\x06\x46inish\x12&\n\x06reason\x18\x01 \x01(\x0e\x32\x16.imesh.v1.FinishReason\"x\n\x0bStreamError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12&\n\rpartial_usage\x18\x04 \x01(\x0b\x32\x0f.imesh.v1.Usage\x12\x12\n\ndeployment\x18\x05 \x01(\t*\x9f\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imesh.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=843
-  _globals['_FINISHREASON']._serialized_end=1002
+  _globals['_FINISHREASON']._serialized_start=1073
+  _globals['_FINISHREASON']._serialized_end=1232
   _globals['_CHATEVENT']._serialized_start=36
   _globals['_CHATEVENT']._serialized_end=295
-  _globals['_STREAMSTART']._serialized_start=297
-  _globals['_STREAMSTART']._serialized_end=406
-  _globals['_CONTENTDELTA']._serialized_start=408
-  _globals['_CONTENTDELTA']._serialized_end=436
-  _globals['_TOOLCALLDELTA']._serialized_start=438
-  _globals['_TOOLCALLDELTA']._serialized_end=519
-  _globals['_USAGE']._serialized_start=522
-  _globals['_USAGE']._serialized_end=668
-  _globals['_FINISH']._serialized_start=670
-  _globals['_FINISH']._serialized_end=718
-  _globals['_STREAMERROR']._serialized_start=720
-  _globals['_STREAMERROR']._serialized_end=840
+  _globals['_STREAMSTART']._serialized_start=298
+  _globals['_STREAMSTART']._serialized_end=454
+  _globals['_RATELIMITSTATUS']._serialized_start=457
+  _globals['_RATELIMITSTATUS']._serialized_end=636
+  _globals['_CONTENTDELTA']._serialized_start=638
+  _globals['_CONTENTDELTA']._serialized_end=666
+  _globals['_TOOLCALLDELTA']._serialized_start=668
+  _globals['_TOOLCALLDELTA']._serialized_end=749
+  _globals['_USAGE']._serialized_start=752
+  _globals['_USAGE']._serialized_end=898
+  _globals['_FINISH']._serialized_start=900
+  _globals['_FINISH']._serialized_end=948
+  _globals['_STREAMERROR']._serialized_start=950
+  _globals['_STREAMERROR']._serialized_end=1070
 # @@protoc_insertion_point(module_scope)

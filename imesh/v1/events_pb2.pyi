@@ -96,6 +96,7 @@ class StreamStart(_message.Message):
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
     PROVIDER_MODEL_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     model: _builtins.str
     """The model or alias the caller asked for."""
@@ -105,6 +106,12 @@ class StreamStart(_message.Message):
     """The provider's own model id."""
     attempt: _builtins.int
     """1-based count of attempts started before this one won (retries and hedges)."""
+    @_builtins.property
+    def rate_limit(self) -> Global___RateLimitStatus:
+        """The caller's tenant's standing against its rate limits once this request was
+        admitted; unset without tenancy. The REST edge sends it as x-ratelimit-*.
+        """
+
     def __init__(
         self,
         *,
@@ -113,14 +120,54 @@ class StreamStart(_message.Message):
         deployment: _builtins.str = ...,
         provider_model: _builtins.str = ...,
         attempt: _builtins.int = ...,
+        rate_limit: Global___RateLimitStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rate_limit", b"rate_limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deployment", b"deployment", "model", b"model", "provider_model", b"provider_model", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deployment", b"deployment", "model", b"model", "provider_model", b"provider_model", "rate_limit", b"rate_limit", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamStart: _TypeAlias = StreamStart  # noqa: Y015
+
+@_typing.final
+class RateLimitStatus(_message.Message):
+    """Where a tenant stands against its per-minute limits (OpenAI's x-ratelimit-*
+    figures). A limit of 0 means the tenant has no such limit.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_REQUESTS_FIELD_NUMBER: _builtins.int
+    REMAINING_REQUESTS_FIELD_NUMBER: _builtins.int
+    RESET_REQUESTS_SECONDS_FIELD_NUMBER: _builtins.int
+    LIMIT_TOKENS_FIELD_NUMBER: _builtins.int
+    REMAINING_TOKENS_FIELD_NUMBER: _builtins.int
+    RESET_TOKENS_SECONDS_FIELD_NUMBER: _builtins.int
+    limit_requests: _builtins.int
+    remaining_requests: _builtins.int
+    reset_requests_seconds: _builtins.float
+    """Seconds until the oldest counted request leaves the sliding window."""
+    limit_tokens: _builtins.int
+    remaining_tokens: _builtins.int
+    reset_tokens_seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        limit_requests: _builtins.int = ...,
+        remaining_requests: _builtins.int = ...,
+        reset_requests_seconds: _builtins.float = ...,
+        limit_tokens: _builtins.int = ...,
+        remaining_tokens: _builtins.int = ...,
+        reset_tokens_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit_requests", b"limit_requests", "limit_tokens", b"limit_tokens", "remaining_requests", b"remaining_requests", "remaining_tokens", b"remaining_tokens", "reset_requests_seconds", b"reset_requests_seconds", "reset_tokens_seconds", b"reset_tokens_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RateLimitStatus: _TypeAlias = RateLimitStatus  # noqa: Y015
 
 @_typing.final
 class ContentDelta(_message.Message):
