@@ -18,6 +18,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import log_unexpected
+from gateway.rate_limit import rate_limit_headers
 from gateway.responses import Exchange, malformed_key, send_error, send_json
 from gateway.sse import DisconnectWatch, relay_stream
 from gateway.translate_request import ChatCall, RequestLimits, parse_chat_body
@@ -149,7 +150,8 @@ class _Edge:
         finally:
             watch.stop()
         ex.waited_s += time.perf_counter() - waited
-        await send_json(send, ex, 200, completion_body(response, completion_id, model, created))
+        body = completion_body(response, completion_id, model, created)
+        await send_json(send, ex, 200, body, rate_limit_headers(response.rate_limit))
 
     async def _parse(self, body: bytes) -> ChatCall:
         if len(body) <= PARSE_INLINE_BYTES:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from starlette.types import Receive, Send
 
 from gateway.errors import as_mesh_error, log_unexpected
+from gateway.rate_limit import start_headers
 from gateway.responses import Exchange, send_error
 from gateway.translate_response import ChunkEncoder
 from imesh.v1 import events_pb2
@@ -108,7 +109,8 @@ async def _relay(
     ex.waited_s += time.perf_counter() - waited
 
     ex.started = True
-    await send({"type": "http.response.start", "status": 200, "headers": ex.headers(SSE_HEADERS)})
+    headers = ex.headers(SSE_HEADERS, start_headers(first))  # x-ratelimit-* (tenancy)
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     # The batch that completes the stream is held only until the iterator ends (at once),
     # so it leaves in one write with the closing frames.
     held = b""
