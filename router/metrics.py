@@ -1,9 +1,10 @@
 """Router metrics for Prometheus: RED, resilience and runtime figures, as a record sink.
 
 Counters and histograms move once per finished attempt (`record_attempt`) and once per
-finished request (`record_request`), never per token. Live state (breaker states and
-transitions, attempts in flight) is read when Prometheus scrapes, so it costs the request
-path nothing.
+finished request (`record_request`), never per token, as plain numbers turned into metric
+families only when Prometheus scrapes. Live state (breaker states and transitions,
+attempts in flight, tenancy, pools) is read at the scrape, so it costs the request path
+nothing.
 
 Labels stay bounded: a model label is a configured alias or deployment (anything else,
 say a caller's typo, is "unknown"), a deployment label a configured deployment, a reason a
@@ -13,11 +14,13 @@ say a caller's typo, is "unknown"), a deployment label a configured deployment, 
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from imesh.errors import Reason, classify
@@ -46,13 +49,44 @@ _RATE_LIMIT_REASONS = frozenset(
 _SHED_REASONS = frozenset({Reason.OVERLOADED})
 
 
-class RouterMetrics:
+class _Histogram:
+    """Bucket counts and a sum, updated without locks (one event loop owns them)."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if math.isinf(bound) else str(float(bound)), running))
+        return out
+
+
+def _add(counts: dict[tuple[str, ...], float], key: tuple[str, ...], amount: float = 1) -> None:
+    counts[key] = counts.get(key, 0) + amount
+
+
+class RouterMetrics(Collector):
     """A RecordSink that keeps the router's Prometheus metrics.
 
     Lifecycle: build once per router with the registry of the process and the names the
-    config defines; hand it to the router as a sink; call `watch()` with the router's
-    breakers and stats to expose their live state at scrape time. Runs on the event loop
-    only, and so does the scrape (`/metrics` is served on the loop).
+    config defines (it registers itself); hand it to the router as a sink; call `watch()`
+    with the router's breakers and stats (and `watch_tenancy()`) to expose their live
+    state at scrape time.
+
+    A record costs a few dictionary updates: the figures are plain numbers rendered into
+    metric families only when Prometheus scrapes. That needs no lock because the records
+    and the scrape run on the same event loop (`/metrics` is served there).
     """
 
     def __init__(
@@ -67,150 +101,182 @@ class RouterMetrics:
         self._deployments = frozenset(deployments)
         self._models = frozenset(models) | self._deployments
         self._tenant_label = tenant_label
-        tenant: tuple[str, ...] = ("tenant",) if tenant_label else ()
-
-        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
-            return Counter(name, doc, labels, registry=registry)
-
-        def histogram(
-            name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]
-        ) -> Histogram:
-            return Histogram(name, doc, labels, buckets=buckets, registry=registry)
-
-        self.requests = counter(
-            "imesh_requests",
-            "Finished requests by outcome (success, failure, cancelled); deployment is the "
-            "one that answered ('none' when no attempt did).",
-            ("model", "deployment", *tenant, "outcome"),
-        )
-        self.request_errors = counter(
-            "imesh_request_errors",
-            "Failed requests by the reason the caller was given and whose fault it was "
-            "(caller, mesh, upstream).",
-            ("model", "reason", "fault"),
-        )
-        self.duration = histogram(
-            "imesh_request_duration_seconds",
-            "Time from a request's admission to its last event.",
-            ("model", "deployment"),
-            DURATION_BUCKETS,
-        )
-        self.ttft = histogram(
-            "imesh_time_to_first_token_seconds",
-            "Time from a request's admission to its first output reaching the caller's stream.",
-            ("model", "deployment"),
-            TTFT_BUCKETS,
-        )
-        self.tpot = histogram(
-            "imesh_time_per_output_token_seconds",
-            "Mean time between output tokens after the first, per successful request.",
-            ("model", "deployment"),
-            TPOT_BUCKETS,
-        )
-        self.overhead = histogram(
-            "imesh_router_overhead_seconds",
-            "Time a request spent in the mesh with no upstream call running and no backoff.",
-            (),
-            OVERHEAD_BUCKETS,
-        )
-        self.tokens = counter(
-            "imesh_tokens",
-            "Tokens spent by every attempt (hedge losers and failed streams included).",
-            ("model", "deployment", *tenant, "kind"),
-        )
-        self.cost = counter(
-            "imesh_cost_dollars",
-            "What every attempt cost, in US dollars.",
-            ("model", "deployment", *tenant),
-        )
-        self.attempts = counter(
-            "imesh_attempts",
-            "Finished attempts by kind (primary, retry, fallback, hedge) and outcome.",
-            ("deployment", "kind", "outcome"),
-        )
-        self.retries = counter(
-            "imesh_retries",
-            "Attempts again on a deployment the request had already tried.",
-            ("model", "deployment"),
-        )
-        self.fallbacks = counter(
-            "imesh_fallbacks",
-            "Attempts after a failure on a deployment the request had not tried yet.",
-            ("model", "deployment"),
-        )
-        self.hedges = counter(
-            "imesh_hedges",
-            "Hedged attempts launched, and those whose answer the caller got (won).",
-            ("model", "deployment", "result"),
-        )
-        self.load_shed = counter(
-            "imesh_load_shed",
-            "Requests refused by admission control because the router was at its limit.",
-            (*tenant, "reason"),
-        )
-        self.rate_limited = counter(
-            "imesh_rate_limit_rejections",
-            "Requests refused by a tenant's rate limit, token quota or budget.",
-            (*tenant, "reason"),
-        )
-        # Children by label values, made once each: labels() validates and locks per call.
-        self._children: dict[tuple[Any, ...], Any] = {}
+        self._tenant: tuple[str, ...] = ("tenant",) if tenant_label else ()
+        # Counters by label values, in each family's label order.
+        self._requests: dict[tuple[str, ...], float] = {}
+        self._errors: dict[tuple[str, ...], float] = {}
+        self._tokens: dict[tuple[str, ...], float] = {}
+        self._cost: dict[tuple[str, ...], float] = {}
+        self._attempts: dict[tuple[str, ...], float] = {}
+        self._retries: dict[tuple[str, ...], float] = {}
+        self._fallbacks: dict[tuple[str, ...], float] = {}
+        self._hedges: dict[tuple[str, ...], float] = {}
+        self._shed: dict[tuple[str, ...], float] = {}
+        self._limited: dict[tuple[str, ...], float] = {}
+        # Histograms by (model, deployment) of answered requests; overhead of every request.
+        self._answered: dict[tuple[str, str], tuple[_Histogram, _Histogram, _Histogram]] = {}
+        self._overhead = _Histogram(OVERHEAD_BUCKETS)
+        registry.register(self)
 
     # -- the sink --------------------------------------------------------------------
 
     def record_attempt(self, record: AttemptRecord) -> None:
         model = self._model(record.model)
         deployment = self._deployment(record.deployment)
-        tenant = self._tenant_values(record.caller.tenant)
+        spent = (model, deployment, *self._tenant_values(record.caller.tenant))
         usage = record.usage
         kind = record.kind
-        self._child(self.attempts, deployment, kind.value, record.outcome.value).inc()
+        _add(self._attempts, (deployment, kind.value, record.outcome.value))
         if usage.prompt_tokens:
-            self._child(self.tokens, model, deployment, *tenant, "input").inc(usage.prompt_tokens)
+            _add(self._tokens, (*spent, "input"), usage.prompt_tokens)
         if usage.completion_tokens:
-            self._child(self.tokens, model, deployment, *tenant, "output").inc(
-                usage.completion_tokens
-            )
+            _add(self._tokens, (*spent, "output"), usage.completion_tokens)
         if usage.cached_tokens:
-            self._child(self.tokens, model, deployment, *tenant, "cached").inc(usage.cached_tokens)
+            _add(self._tokens, (*spent, "cached"), usage.cached_tokens)
         if usage.cost_micros:
-            self._child(self.cost, model, deployment, *tenant).inc(
-                usage.cost_micros / MICROS_PER_DOLLAR
-            )
+            _add(self._cost, spent, usage.cost_micros / MICROS_PER_DOLLAR)
         if kind is AttemptKind.RETRY:
-            self._child(self.retries, model, deployment).inc()
+            _add(self._retries, (model, deployment))
         elif kind is AttemptKind.FALLBACK:
-            self._child(self.fallbacks, model, deployment).inc()
+            _add(self._fallbacks, (model, deployment))
         elif kind is AttemptKind.HEDGE:
-            self._child(self.hedges, model, deployment, "launched").inc()
+            _add(self._hedges, (model, deployment, "launched"))
             if record.won:
-                self._child(self.hedges, model, deployment, "won").inc()
+                _add(self._hedges, (model, deployment, "won"))
 
     def record_request(self, record: RequestRecord) -> None:
         model = self._model(record.model)
         deployment = NONE if record.deployment is None else self._deployment(record.deployment)
         tenant = self._tenant_values(record.caller.tenant)
         outcome = record.outcome
-        self._child(self.requests, model, deployment, *tenant, outcome.value).inc()
+        _add(self._requests, (model, deployment, *tenant, outcome.value))
         reason = record.reason
         if reason is not None and outcome is RequestOutcome.FAILURE:
             fault = classify(record.error).fault.value if record.error is not None else "mesh"
-            self._child(self.request_errors, model, reason.value, fault).inc()
+            _add(self._errors, (model, reason.value, fault))
             if reason in _RATE_LIMIT_REASONS:
-                self._child(self.rate_limited, *tenant, reason.value).inc()
+                _add(self._limited, (*tenant, reason.value))
             elif reason in _SHED_REASONS:
-                self._child(self.load_shed, *tenant, reason.value).inc()
-        self.overhead.observe(record.overhead_s)
+                _add(self._shed, (*tenant, reason.value))
+        self._overhead.observe(record.overhead_s)
         if record.deployment is None:
             return  # refused or failed before any answer: no latency of an answer to keep
-        self._child(self.duration, model, deployment).observe(record.latency_s)
+        answered = self._answered.get((model, deployment))
+        if answered is None:
+            answered = self._answered[(model, deployment)] = (
+                _Histogram(DURATION_BUCKETS),
+                _Histogram(TTFT_BUCKETS),
+                _Histogram(TPOT_BUCKETS),
+            )
+        duration, ttft_hist, tpot = answered
+        duration.observe(record.latency_s)
         ttft = record.ttft_s
         if ttft is not None:
-            self._child(self.ttft, model, deployment).observe(ttft)
+            ttft_hist.observe(ttft)
             tokens = record.usage.completion_tokens
             if outcome is RequestOutcome.SUCCESS and tokens > 1:
-                per_token = (record.latency_s - ttft) / (tokens - 1)
-                self._child(self.tpot, model, deployment).observe(per_token)
+                tpot.observe((record.latency_s - ttft) / (tokens - 1))
+
+    # -- the scrape ------------------------------------------------------------------
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        tenant = self._tenant
+        for name, doc, labels, counts in (
+            (
+                "imesh_requests",
+                "Finished requests by outcome (success, failure, cancelled); deployment is "
+                "the one that answered ('none' when no attempt did).",
+                ("model", "deployment", *tenant, "outcome"),
+                self._requests,
+            ),
+            (
+                "imesh_request_errors",
+                "Failed requests by the reason the caller was given and whose fault it was "
+                "(caller, mesh, upstream).",
+                ("model", "reason", "fault"),
+                self._errors,
+            ),
+            (
+                "imesh_tokens",
+                "Tokens spent by every attempt (hedge losers and failed streams included).",
+                ("model", "deployment", *tenant, "kind"),
+                self._tokens,
+            ),
+            (
+                "imesh_cost_dollars",
+                "What every attempt cost, in US dollars.",
+                ("model", "deployment", *tenant),
+                self._cost,
+            ),
+            (
+                "imesh_attempts",
+                "Finished attempts by kind (primary, retry, fallback, hedge) and outcome.",
+                ("deployment", "kind", "outcome"),
+                self._attempts,
+            ),
+            (
+                "imesh_retries",
+                "Attempts again on a deployment the request had already tried.",
+                ("model", "deployment"),
+                self._retries,
+            ),
+            (
+                "imesh_fallbacks",
+                "Attempts after a failure on a deployment the request had not tried yet.",
+                ("model", "deployment"),
+                self._fallbacks,
+            ),
+            (
+                "imesh_hedges",
+                "Hedged attempts launched, and those whose answer the caller got (won).",
+                ("model", "deployment", "result"),
+                self._hedges,
+            ),
+            (
+                "imesh_load_shed",
+                "Requests refused by admission control because the router was at its limit.",
+                (*tenant, "reason"),
+                self._shed,
+            ),
+            (
+                "imesh_rate_limit_rejections",
+                "Requests refused by a tenant's rate limit, token quota or budget.",
+                (*tenant, "reason"),
+                self._limited,
+            ),
+        ):
+            family = CounterMetricFamily(name, doc, labels=labels)
+            for key, value in counts.items():
+                family.add_metric(key, value)
+            yield family
+        answered = ("model", "deployment")
+        for index, (name, doc) in enumerate(
+            (
+                (
+                    "imesh_request_duration_seconds",
+                    "Time from a request's admission to its last event.",
+                ),
+                (
+                    "imesh_time_to_first_token_seconds",
+                    "Time from a request's admission to its first output reaching the caller.",
+                ),
+                (
+                    "imesh_time_per_output_token_seconds",
+                    "Mean time between output tokens after the first, per successful request.",
+                ),
+            )
+        ):
+            latencies = HistogramMetricFamily(name, doc, labels=answered)
+            for key, histograms in self._answered.items():
+                histogram = histograms[index]
+                latencies.add_metric(key, histogram.cumulative(), histogram.total)
+            yield latencies
+        overhead = HistogramMetricFamily(
+            "imesh_router_overhead_seconds",
+            "Time a request spent in the mesh with no upstream call running and no backoff.",
+        )
+        overhead.add_metric((), self._overhead.cumulative(), self._overhead.total)
+        yield overhead
 
     # -- outside the record path -----------------------------------------------------
 
@@ -225,13 +291,6 @@ class RouterMetrics:
         self.registry.register(_TenancyState(limiter, admitter, tenant_label=self._tenant_label))
 
     # -- helpers ---------------------------------------------------------------------
-
-    def _child(self, family: Any, *values: str) -> Any:
-        key = (id(family), *values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = family.labels(*values)
-        return child
 
     def _model(self, model: str) -> str:
         return model if model in self._models else UNKNOWN

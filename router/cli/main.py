@@ -66,6 +66,11 @@ def configure_logging(command: str) -> None:
     else:
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.basicConfig(level=level, handlers=[handler])
+    # Per-line work nobody reads (no format here names thread or process): the logging
+    # module's documented switches, since services log one line per request at INFO.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # httpx logs every request at INFO: per-request formatting on the hot path, and noise.
     for chatty in ("httpx", "httpcore"):
         logging.getLogger(chatty).setLevel(max(logging.getLevelName(level), logging.WARNING))

@@ -80,7 +80,8 @@ def queries() -> dict[str, str]:
     return found
 
 
-def test_every_query_names_only_metrics_the_mesh_exports() -> None:
+async def test_every_query_names_only_metrics_the_mesh_exports() -> None:
+    # async: the pool view's channel is made on a running loop, as in the router.
     exported = exported_names()
     exprs = queries()
     assert len(exprs) > 20
