@@ -23,6 +23,12 @@ def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / MIB:.1f}"
 
 
+def load_text(value: object) -> str:
+    if not isinstance(value, list | tuple):
+        return "-"
+    return " / ".join(f"{v:.1f}" for v in value)
+
+
 def _added(value: float | None, base: float | None) -> str:
     return "-" if value is None or base is None else f"{value - base:.2f}"
 
@@ -41,7 +47,8 @@ def to_markdown(report: BenchReport, results: Sequence[TargetResult]) -> str:
         f"- date: {env.get('date')}; commit {env.get('commit')}; took {report.total_s:.0f} s",
         f"- machine: {env.get('cpu')}, {env.get('cpus')} CPUs; {env.get('platform')}; "
         f"Python {env.get('python')}",
-        f"- load average at start: {env.get('load_average_at_start')}",
+        f"- load average (1, 5, 15 min) at start: {load_text(env.get('load_average_at_start'))}, "
+        f"at end: {load_text(env.get('load_average_at_end'))}",
         f"- {env.get('pinning')}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items()),
         f"- {s['rounds']} rounds; per round and subject: non-streaming {s['requests']} requests "

@@ -22,7 +22,7 @@ import httpx
 import yaml
 
 from bench import grpc_relay, litellm_proxy, minimal_relay, otlp_stub, targets
-from bench.environment import describe_environment
+from bench.environment import describe_environment, load_average
 from bench.litellm_env import LiteLLMEnv
 from bench.load import Call, GrpcTarget, HttpTarget, Sample, Target, run_load
 from bench.mesh_modes import MeshMode
@@ -41,8 +41,8 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True, slots=True)
 class BenchSettings:
-    requests: int = 200  # per one-at-a-time scenario (latency, TTFT)
-    throughput_requests: int = 400
+    requests: int = 150  # per one-at-a-time scenario (latency, TTFT)
+    throughput_requests: int = 300
     concurrency: int = 32
     tokens: int = 16  # answer length, except in token streaming
     stream_tokens: int = 256
@@ -207,6 +207,7 @@ async def run_scenario(settings: BenchSettings, log: Log = lambda _: None) -> Be
                 await subject.target.aclose()
         servers.stop_all()
         report.environment["processes"] = {p.name: p.pid for p in servers.started}
+        report.environment["load_average_at_end"] = load_average()
         if original_cpus is not None:
             os.sched_setaffinity(0, original_cpus)
     report.subjects = [s.report() for s in subjects]

@@ -18,7 +18,7 @@ from typing import Any
 from bench import minimal_relay
 from bench.environment import describe_environment
 from bench.load import Call, HttpTarget
-from bench.markdown import NOISE
+from bench.markdown import NOISE, load_text
 from bench.processes import Pinning, pin
 from bench.report import SubjectReport
 from bench.scenario import (
@@ -56,7 +56,7 @@ def plan(settings: BenchSettings) -> tuple[Scenario, ...]:
             max(settings.throughput_requests // 4, 1),
             settings.concurrency,
         ),
-        Scenario("latency", Call(False, settings.tokens), settings.requests, 1),
+        Scenario("latency", Call(False, settings.tokens), max(settings.requests // 2, 1), 1),
     )
 
 
@@ -236,7 +236,8 @@ def transports_markdown(comparison: TransportComparison) -> str:
         "",
         f"- date: {env.get('date')}; commit {env.get('commit')}; took {comparison.total_s:.0f} s",
         f"- machine: {env.get('cpu')}, {env.get('cpus')} CPUs; Python {env.get('python')}",
-        f"- load average at start: {env.get('load_average_at_start')}; {env.get('pinning')}",
+        f"- load average (1, 5, 15 min) at start: {load_text(env.get('load_average_at_start'))}; "
+        f"{env.get('pinning')}",
         "- versions: "
         + ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if k != "litellm"),
         "",

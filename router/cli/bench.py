@@ -46,9 +46,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
-    bench.add_argument("--requests", type=int, default=200, help="per one-at-a-time scenario (200)")
+    bench.add_argument("--requests", type=int, default=150, help="per one-at-a-time scenario (150)")
     bench.add_argument(
-        "--throughput-requests", type=int, default=400, help="at --concurrency (400)"
+        "--throughput-requests", type=int, default=300, help="at --concurrency (300)"
     )
     bench.add_argument("--concurrency", type=int, default=32, help="non-streaming (32)")
     bench.add_argument("--tokens", type=int, default=16, help="tokens per short answer (16)")
@@ -97,7 +97,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from bench.markdown import to_markdown
     from bench.processes import BenchError
     from bench.scenario import run_scenario
-    from bench.targets import evaluate
+    from bench.targets import LITELLM, evaluate
     from bench.transports import run_transports, transports_markdown
 
     try:
@@ -115,7 +115,8 @@ def run_bench(args: argparse.Namespace) -> int:
         (out / "LATEST.md").write_text(to_markdown(report, results), encoding="utf-8")
         report.write_json(out / "LATEST.json", {"targets": [asdict(r) for r in results]})
         print(to_markdown(report, results))
-        ok = report.all_ok
+        # LiteLLM is a peer: its own failures are reported, they do not fail the run.
+        ok = all(s.errors == 0 for s in report.subjects if s.key != LITELLM)
         if not args.no_transports:
             comparison = run(_cancellable(lambda: run_transports(settings, _log)))
             (out / "transports.md").write_text(transports_markdown(comparison), encoding="utf-8")

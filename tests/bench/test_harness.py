@@ -55,9 +55,9 @@ async def test_an_answer_missing_text_counts_as_an_error(
 def test_the_standard_plan_is_the_issues_four_scenarios() -> None:
     plan = scenarios(BenchSettings())
     assert [(s.name, s.call, s.requests, s.concurrency) for s in plan] == [
-        ("latency", Call(False, 16), 200, 1),
-        ("throughput", Call(False, 16), 400, 32),
-        ("ttft", Call(True, 16), 200, 1),
+        ("latency", Call(False, 16), 150, 1),
+        ("throughput", Call(False, 16), 300, 32),
+        ("ttft", Call(True, 16), 150, 1),
         ("tokens", Call(True, None), 32, 16),
     ]
     assert plan[3].expected_tokens(BenchSettings()) == 256
