@@ -86,7 +86,9 @@ def proxy_for(base_url: str, setting: str) -> str | None:
     url = httpx.URL(base_url)
     proxies = urllib.request.getproxies_environment()
     host = url.host if url.port is None else f"{url.host}:{url.port}"
-    if proxies.get("no") and urllib.request.proxy_bypass_environment(host, proxies):
+    # proxy_bypass_environment is public in urllib.request, only missing from typeshed.
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if proxies.get("no") and bypass(host, proxies):
         return None
     return proxies.get(url.scheme) or proxies.get("all")
 

@@ -172,8 +172,8 @@ class FakeProvider:
         await writer.drain()
         events = reply.events()
         if reply.burst:
-            head, events = events[: reply.burst], events[reply.burst :]
-            writer.write(b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in head))
+            burst, events = events[: reply.burst], events[reply.burst :]
+            writer.write(b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in burst))
         for sent in range(len(events) + 1):
             if sent == reply.cut_after_events:
                 writer.transport.abort()  # a dropped connection: no final chunk
