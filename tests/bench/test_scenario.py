@@ -50,7 +50,9 @@ async def test_scenario_measures_every_subject_each_round_and_stops_every_proces
     assert report.skipped == {"litellm": "disabled (--no-litellm)"}
     verdicts = [r.verdict for r in evaluate(report.figures())]
     assert verdicts[1] is verdicts[3] is Verdict.NOT_MEASURED  # the LiteLLM ratios
-    assert Verdict.NOT_MEASURED not in verdicts[:1] + verdicts[2:3] + verdicts[4:]
+    # CPU, gRPC and RSS are always judged; the added-latency ratios need the relay to add
+    # more than nothing, which a tiny run on a busy machine may not show.
+    assert Verdict.NOT_MEASURED not in (verdicts[0], verdicts[2], verdicts[6], verdicts[7])
 
     assert set(report.environment["processes"]) == {"upstream", "relay", "grpc-hop", "mesh"}
     for pid in report.environment["processes"].values():

@@ -113,3 +113,11 @@ def test_latest_md_lists_every_target_with_its_verdict() -> None:
     assert "| non-streaming c=32: gateway CPU per request | 3.00 ms | ≤ 1 ms | **missed** |" in text
     assert text.count("**met**") == 7
     assert "- litellm: disabled (--no-litellm), not measured" in text
+
+
+def test_a_relay_that_added_nothing_gives_no_ratio_and_says_why() -> None:
+    figures = _figures()
+    figures[RELAY] = Figures(latency_p50=0.95, ttft_p50=1.3, cpu_us_per_token=14.0)
+    result = evaluate(figures)[4]
+    assert result.verdict is Verdict.NOT_MEASURED
+    assert result.value_text == "the relay added -0.05 ms"
