@@ -31,6 +31,6 @@ async def test_a_bearer_token_wins_over_x_api_key(keyed_edge: Edge) -> None:
 async def test_a_malformed_x_api_key_is_refused_without_calling_the_router(
     keyed_edge: Edge,
 ) -> None:
-    resp = await keyed_edge.http().post(CHAT, json=BODY, headers={"x-api-key": "sk-été".encode()})
+    resp = await keyed_edge.http().post(CHAT, json=BODY, headers={b"x-api-key": "sk-été".encode()})
     assert resp.status_code == 401
     assert resp.json()["error"]["message"] == "the API key is malformed"
