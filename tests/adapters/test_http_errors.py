@@ -12,10 +12,14 @@ import pytest
 from adapters.http_errors import (
     error_from_status,
     error_from_stream_event,
+    interrupted,
     parse_go_duration,
     retry_after_seconds,
     scrub,
+    upstream_unreachable,
 )
+from imesh.errors import Reason
+from imesh.v1 import events_pb2
 
 NOW = datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC).timestamp()
 OPENAI_BODY = json.dumps(
@@ -198,3 +202,17 @@ def test_a_long_provider_message_is_cut_so_the_status_fits_grpc_trailers() -> No
         assert len(error.message.encode()) <= 1024
         metadata = error.to_status().trailing_metadata
         assert sum(len(k) + len(v) for k, v in metadata) < 4096
+
+
+def test_an_interrupted_stream_keeps_its_cause_and_never_repeats_the_message() -> None:
+    cause = upstream_unreachable("openai_compatible", httpx.ReadError("boom"))
+    usage = events_pb2.Usage(prompt_tokens=3, completion_tokens=2, estimated=True)
+    err = interrupted(cause, usage)
+    assert err.reason is Reason.UPSTREAM_INTERRUPTED
+    assert err.code is grpc.StatusCode.UNAVAILABLE
+    assert not err.retryable
+    assert err.usage == usage
+    assert err.metadata["cause"] == "UPSTREAM_UNAVAILABLE"
+    assert err.message == "openai_compatible: connection failed (ReadError) (after output began)"
+    assert err.message.count("openai_compatible") == 1
+    assert cause.usage is None  # the cause itself is untouched (MeshError is immutable)
