@@ -35,6 +35,19 @@ from bench.transport_relay import TRANSPORTS
 from bench.upstream import READY_PREFIX
 
 FLOOR = "aiohttp (minimal relay)"
+# Read from httpx-aiohttp 0.2.0's transport: what the adapter tests must show it still does.
+CAVEATS = (
+    "No HTTP/2: `http2=True` logs a warning and speaks HTTP/1.1, so a provider configured "
+    "for HTTP/2 keeps httpx's own transport.",
+    "Errors: every aiohttp `ClientConnectionError` maps to `httpx.ConnectTimeout`, "
+    "`ServerDisconnectedError` included (a truncated body is `ReadError`); the adapter's "
+    "error classification and the breaker verdicts on it must be re-checked against the "
+    "cassette and fault tests.",
+    "Timeouts: httpx's `pool` timeout becomes aiohttp's `connect` (pool wait plus connect), "
+    "`read` becomes `sock_read`; there is no write timeout.",
+    "Pool: `max_connections` becomes the connector's `limit`; `max_keepalive_connections` "
+    "is ignored. Cancellation closes the aiohttp response, which releases the connection.",
+)
 AGGREGATE = " + aggregate"
 # Rounds of the comparison (interleaved like the main bench's).
 ROUNDS = 2
@@ -265,6 +278,8 @@ def transports_markdown(comparison: TransportComparison) -> str:
         )
     lines += ["", "## What this run says", ""]
     lines += [f"- {line}" for line in recommendation(rows)]
+    lines += ["", "## Before an adapter adopts httpx-aiohttp", ""]
+    lines += [f"- {line}" for line in CAVEATS]
     errors = [
         f"ERRORS on {s.name}, round {r.index + 1}, {m.scenario}: {m.errors}/{m.requests}: "
         + "; ".join(m.first_errors)
