@@ -71,7 +71,7 @@ async def _serve(
     args: argparse.Namespace, provider: object, settings: AdapterServiceSettings
 ) -> int:
     from adapters.hop_auth import ServerSecurity
-    from adapters.factory import build_backend
+    from adapters.registry import build_backend
     from adapters.service import start_adapter_server
 
     name, listen = args.name, args.listen

@@ -92,7 +92,7 @@ def run_router(args: argparse.Namespace) -> int:
 
 async def serve_mesh(config: MeshConfig, listen: str, http: str | None) -> int:
     """Router on `listen`, plus the REST edge on `http` when given, until SIGTERM/SIGINT."""
-    from adapters.factory import build_backends
+    from adapters.registry import build_backends
     from router.cli.tenancy_setup import start_tenancy
     from router.server import start_router_server
     from router.service import ChatRouter
