@@ -34,7 +34,7 @@ from adapters.http_errors import (
 from adapters.read_timer import ReadTimer
 from adapters.sse import SSEParser
 from adapters.stream_translator import MALFORMED, StreamTranslator
-from adapters.usage_estimate import TokenCounter
+from adapters.token_estimate import TokenCounter
 from imesh.errors import MeshError, Reason
 from imesh.v1 import adapter_service_pb2, events_pb2
 

@@ -2,7 +2,7 @@
 
 Same translation as the OpenAI adapter; only the quirks in OpenAICompatibleConfig differ.
 Without `stream_options` support the server reports no usage in streams, so the adapter
-counts tokens locally (see adapters.usage_estimate) and flags the usage estimated.
+counts tokens locally (see adapters.token_estimate) and flags the usage estimated.
 """
 
 from __future__ import annotations

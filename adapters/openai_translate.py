@@ -12,7 +12,7 @@ from adapters.http_errors import error_from_stream_event
 from adapters.json_body import JsonBody
 from adapters.sse import SSEEvent
 from adapters.stream_translator import TranslatorState
-from adapters.usage_estimate import TokenCounter
+from adapters.token_estimate import TokenCounter
 from imesh.errors import invalid_argument
 from imesh.v1 import chat_pb2, events_pb2
 

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from adapters.http_errors import upstream_malformed
 from adapters.sse import SSEEvent
-from adapters.usage_estimate import TokenCounter
+from adapters.token_estimate import TokenCounter
 from imesh.errors import MeshError
 from imesh.v1 import chat_pb2, events_pb2
 

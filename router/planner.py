@@ -6,6 +6,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from adapters.token_estimate import estimate_prompt_tokens
 from imesh.errors import MeshError, Reason, invalid_argument
 from imesh.v1 import chat_pb2
 from router.breaker import BreakerState, CircuitBreaker
@@ -14,7 +15,6 @@ from router.config import Capability, Deployment, HedgeConfig, MeshConfig, Retry
 from router.policies import POLICY_NAMES, Policy, build_policies
 from router.pricing import estimate_cost_micros
 from router.stats import DeploymentStats, StatsRegistry
-from router.tokens import estimate_prompt_tokens
 
 # How many known names a MODEL_NOT_FOUND message lists.
 KNOWN_NAMES_SHOWN = 8

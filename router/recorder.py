@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from adapters.token_estimate import tokens_for_chars
 from imesh.errors import MeshError, Reason, Verdict, classify
 from imesh.v1 import events_pb2
 from router.breaker import BreakerState
@@ -20,9 +21,6 @@ if TYPE_CHECKING:
     from router.tracing import RouterTracer
 
 log = logging.getLogger(__name__)
-
-# Roughly four characters per token: good enough for an estimate the caller is told about.
-CHARS_PER_TOKEN = 4
 
 
 class Outcome(enum.Enum):
@@ -115,10 +113,6 @@ class RecordSink(Protocol):
     def record_request(self, record: RequestRecord) -> None: ...
 
 
-def estimate_completion_tokens(chars: int) -> int:
-    return (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
-
-
 def outcome_of(error: MeshError | None) -> Outcome:
     if error is None:
         return Outcome.SUCCESS
@@ -136,7 +130,7 @@ def billed_usage(attempt: Attempt, *, prompt_sent: bool = True) -> events_pb2.Us
         usage.CopyFrom(reported)
     elif prompt_sent:
         usage.prompt_tokens = attempt.prompt_tokens_estimate
-        usage.completion_tokens = estimate_completion_tokens(attempt.output_chars)
+        usage.completion_tokens = tokens_for_chars(attempt.output_chars)
         usage.estimated = True
     usage.cost_micros = cost_micros(usage, attempt.candidate.deployment.price)
     return usage

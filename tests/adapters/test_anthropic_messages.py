@@ -16,10 +16,10 @@ import pytest
 
 from adapters.anthropic_messages import AnthropicMessagesBackend
 from adapters.anthropic_translate import AnthropicStreamTranslator
-from adapters.deadline import NO_DEADLINE, Deadline
 from adapters.config import AnthropicConfig
+from adapters.deadline import NO_DEADLINE, Deadline
 from adapters.sse import SSEEvent
-from adapters.usage_estimate import TokenCounter
+from adapters.token_estimate import TokenCounter
 from imesh.v1 import chat_pb2, events_pb2
 from tests.adapters.fakes.helpers import (
     SECRET_KEY,

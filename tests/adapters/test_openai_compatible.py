@@ -10,7 +10,7 @@ import pytest
 
 from adapters.config import OpenAICompatibleConfig
 from adapters.openai_compatible import OpenAICompatibleBackend
-from adapters.usage_estimate import TokenCounter
+from adapters.token_estimate import TokenCounter
 from imesh.v1 import chat_pb2, events_pb2
 from tests.adapters.fakes.helpers import (
     SECRET_KEY,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from adapters.token_estimate import estimate_prompt_tokens
 from imesh.errors import MeshError, Reason, classify
 from imesh.v1 import chat_pb2
 from router.breaker import CircuitBreaker
 from router.config import HedgeConfig, MeshConfig, RetryConfig, parse_config
 from router.planner import Plan, Planner
 from router.stats import StatsRegistry
-from router.tokens import estimate_prompt_tokens
 
 CONFIG = {
     "providers": {"sim": {"kind": "simulated"}},

@@ -1,4 +1,5 @@
-"""Local token counting: the offline choice of encoding, and that it never downloads."""
+"""Token counting with an encoding (the offline choice, never a download) and the cheap
+completion estimate from characters."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from pathlib import Path
 import pytest
 import tiktoken.load
 
-from adapters.usage_estimate import (
+from adapters.token_estimate import (
     OFFLINE_ENCODING,
     TokenCounter,
-    approximate_tokens,
     load_offline_encoding,
+    tokens_for_chars,
 )
 from imesh.v1 import chat_pb2
 
@@ -78,7 +79,8 @@ async def test_counter_counts_prompt_with_per_message_framing() -> None:
     assert usage.completion_tokens == 2
 
 
-def test_the_approximation_is_deterministic_and_roughly_a_token_per_four_characters() -> None:
-    assert approximate_tokens("") == 0
-    assert approximate_tokens("hello, world!") == 2 + 1 + 2 + 1
-    assert approximate_tokens("internationalization") == 5
+def test_relayed_characters_give_a_token_per_four_rounded_up() -> None:
+    assert tokens_for_chars(0) == 0
+    assert tokens_for_chars(1) == 1
+    assert tokens_for_chars(8) == 2
+    assert tokens_for_chars(9) == 3

@@ -1,23 +1,28 @@
-"""Local token counts for when a provider reports no usage; always flagged estimated.
+"""The mesh's one token estimator.
 
-Which counter is used, in order, never touching the network (this may run offline, and
-tiktoken's own download has no timeout):
+Two kinds of figure, one module:
+- cheap and deterministic, erring high, with no tokenizer (`text_tokens`,
+  `estimate_prompt_tokens`, `tokens_for_chars`): admission, quota reservations, context
+  window filtering, and a cut attempt's completion from the characters it relayed. A real
+  tokenizer per request would cost more than the rest of planning; the real usage settles
+  the books afterwards.
+- counted with a tiktoken encoding (`TokenCounter`): the usage a provider did not report,
+  always flagged estimated.
+
+Which encoding `TokenCounter` uses, in order, never touching the network (this may run
+offline, and tiktoken's own download has no timeout):
 1. the requested tiktoken encoding, when its BPE file is already in tiktoken's cache
    (TIKTOKEN_CACHE_DIR, DATA_GYM_CACHE_DIR, or the default temp cache), or it is a
    locally registered plugin encoding;
 2. `cl100k_base` from the file shipped in adapters/tokenizer_data (the official file,
-   checked against tiktoken's pinned sha256 when loading);
-`approximate_tokens` (each word ceil(len/4) tokens, every other non-space character
-one) is kept for callers that need a count without any encoding.
+   checked against tiktoken's pinned sha256 when loading).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import os
-import re
 import tempfile
 import threading
 from collections.abc import Iterable
@@ -49,7 +54,71 @@ _REPLY_PRIMER = 3
 _PER_IMAGE = 85
 # Encode in a worker thread above this many characters, to keep the event loop free.
 _INLINE_LIMIT = 32_000
-_WORDS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+# Cheap estimates: role markers and separators each chat message costs in the provider's
+# template.
+MESSAGE_OVERHEAD = 4
+# Priming of the assistant's reply.
+REPLY_OVERHEAD = 3
+# Wrapping of one tool definition (type, function, name/description/parameters keys).
+TOOL_OVERHEAD = 8
+TOOL_CALL_OVERHEAD = 4
+# One image, whatever its size: the high end of what providers charge (Anthropic's ~1.15
+# megapixel cap is ~1,600 tokens; OpenAI's high detail on a large image is about as much).
+IMAGE_TOKENS = 1_600
+# OpenAI's fixed charge for a low-detail image.
+IMAGE_LOW_DETAIL_TOKENS = 85
+CHARS_PER_TOKEN = 4
+
+
+def text_tokens(text: str) -> int:
+    """~4 ASCII characters a token; other scripts pack fewer characters per token, so
+    count UTF-8 bytes / 3 for them (about one token per CJK character)."""
+    if not text:
+        return 0
+    if text.isascii():
+        return -(-len(text) // CHARS_PER_TOKEN)
+    return -(-len(text.encode("utf-8")) // 3)
+
+
+def tokens_for_chars(chars: int) -> int:
+    """A completion's tokens from the characters relayed (what a cut attempt knows)."""
+    return -(-chars // CHARS_PER_TOKEN)
+
+
+def estimate_prompt_tokens(request: chat_pb2.ChatInput) -> int:
+    """The prompt's size before any call: deterministic, rarely below a provider's count."""
+    total = REPLY_OVERHEAD
+    for message in request.messages:
+        total += MESSAGE_OVERHEAD + text_tokens(message.name)
+        for part in message.content:
+            total += _part_tokens(part)
+        for call in message.tool_calls:
+            total += TOOL_CALL_OVERHEAD + text_tokens(call.name) + text_tokens(call.arguments_json)
+        if message.tool_call_id:
+            total += text_tokens(message.tool_call_id)
+    for tool in request.tools:
+        total += (
+            TOOL_OVERHEAD
+            + text_tokens(tool.name)
+            + text_tokens(tool.description)
+            + text_tokens(tool.parameters_json)
+        )
+    if request.response_format.json_schema:
+        total += text_tokens(request.response_format.json_schema)
+    return total
+
+
+def _part_tokens(part: chat_pb2.ContentPart) -> int:
+    which = part.WhichOneof("part")
+    if which == "text":
+        return text_tokens(part.text)
+    if which == "image":
+        # The URL (often a long data: URL) is not text the model reads.
+        if part.image.detail == chat_pb2.IMAGE_DETAIL_LOW:
+            return IMAGE_LOW_DETAIL_TOKENS
+        return IMAGE_TOKENS
+    return 0
 
 
 class TokenCounter:
@@ -88,9 +157,9 @@ class TokenCounter:
                 parts.extend((call.name, call.arguments_json))
         for tool in chat.tools:
             parts.extend((tool.name, tool.description, tool.parameters_json))
-        text_tokens = await self.count_text("\n".join(p for p in parts if p))
+        counted = await self.count_text("\n".join(p for p in parts if p))
         framing = _PER_MESSAGE * len(chat.messages) + _REPLY_PRIMER
-        return text_tokens + framing + _PER_IMAGE * images
+        return counted + framing + _PER_IMAGE * images
 
     async def estimate(
         self, chat: chat_pb2.ChatInput, completion: Iterable[str]
@@ -127,17 +196,9 @@ def load_offline_encoding(name: str) -> tuple[tiktoken.Encoding | None, str]:
     return load_vendored_encoding(OFFLINE_ENCODING), f"vendored:{OFFLINE_ENCODING}"
 
 
-def approximate_tokens(text: str) -> int:
-    """Deterministic stand-in for a BPE count, used when no encoding file is at hand."""
-    return sum(
-        math.ceil(len(word) / 4) if word[0].isalnum() or word[0] == "_" else 1
-        for word in _WORDS.findall(text)
-    )
-
-
 def _count(encoding: tiktoken.Encoding | None, text: str) -> int:
     if encoding is None:
-        return approximate_tokens(text)
+        return text_tokens(text)
     # disallowed_special=(): a prompt that mentions "<|endoftext|>" is text, not an error.
     return len(encoding.encode(text, disallowed_special=()))
 

@@ -1,9 +1,9 @@
-"""The prompt-size estimate: deterministic figures for text, images, tools and schemas."""
+"""The cheap prompt-size estimate (admission, planning): deterministic figures for text,
+images, tools and schemas."""
 
 from __future__ import annotations
 
-from imesh.v1 import chat_pb2
-from router.tokens import (
+from adapters.token_estimate import (
     IMAGE_LOW_DETAIL_TOKENS,
     IMAGE_TOKENS,
     MESSAGE_OVERHEAD,
@@ -13,6 +13,7 @@ from router.tokens import (
     estimate_prompt_tokens,
     text_tokens,
 )
+from imesh.v1 import chat_pb2
 
 
 def user(*parts: chat_pb2.ContentPart) -> chat_pb2.Message:
