@@ -50,4 +50,3 @@ async def test_the_first_event_is_never_held_back_behind_later_reads(
     first = await asyncio.wait_for(anext(stream), 1.0)
     assert [e.content.text for e in first] == ["Hello"]
     await stream.aclose()  # type: ignore[attr-defined]
-

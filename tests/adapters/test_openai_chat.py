@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -13,8 +12,8 @@ import grpc
 import openai
 import pytest
 
-from adapters.deadline import NO_DEADLINE, Deadline
 from adapters.config import OpenAIConfig
+from adapters.deadline import NO_DEADLINE, Deadline
 from adapters.openai_chat import OpenAIChatBackend
 from imesh.v1 import chat_pb2, events_pb2
 from tests.adapters.fakes.helpers import (
