@@ -40,6 +40,6 @@ def test_a_missing_secret_names_the_provider(monkeypatch: pytest.MonkeyPatch) ->
     from adapters.config import OpenAIConfig
 
     monkeypatch.delenv("IMESH_TEST_ABSENT_KEY", raising=False)
-    config = OpenAIConfig(kind="openai", api_key="env:IMESH_TEST_ABSENT_KEY")  # type: ignore[arg-type]
+    config = OpenAIConfig(kind="openai", api_key="env:IMESH_TEST_ABSENT_KEY")
     with pytest.raises(ValueError, match=r"providers\.main: .*IMESH_TEST_ABSENT_KEY"):
         registry.build_backends({"main": config})
