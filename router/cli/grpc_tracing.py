@@ -114,17 +114,3 @@ class TracingServerInterceptor(_ServerInterceptor):
                 return await behavior(request, context)
 
         return traced
-
-
-def instrument_servers(provider: trace.TracerProvider) -> None:
-    """Every grpc.aio server built from now on gets the interceptor, first in its chain
-    (so the span covers the others, an authenticating interceptor included)."""
-    original = grpc.aio.server
-    interceptor = TracingServerInterceptor(provider)
-
-    @functools.wraps(original)
-    def server(*args: Any, **kwargs: Any) -> grpc.aio.Server:
-        kwargs["interceptors"] = [interceptor, *(kwargs.get("interceptors") or ())]
-        return original(*args, **kwargs)
-
-    grpc.aio.server = server

@@ -17,15 +17,17 @@ Switches, read once at start-up:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import grpc
 from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from router.cli.grpc_tracing import instrument_servers
+from router.cli.grpc_metrics import GrpcServerMetrics
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -174,8 +176,24 @@ def start_telemetry(service: str, env: Mapping[str, str]) -> Telemetry:
         # Each counter's *_created twin doubles the series and says little: not exported.
         disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry() if switches.metrics else None
+    if registry is not None:
+        instrument_servers(GrpcServerMetrics(registry))
     provider = _start_tracing(service, switches.exporters, env) if switches.tracing else None
     return Telemetry(registry=registry, tracing=provider is not None, _provider=provider)
+
+
+def instrument_servers(interceptor: grpc.aio.ServerInterceptor[Any, Any]) -> None:
+    """Every grpc.aio server built from now on gets `interceptor` first in its chain (so
+    what it measures or traces covers the others, an authenticating one included). What
+    the gRPC instrumentation does for its own interceptors, for ours."""
+    original = grpc.aio.server
+
+    @functools.wraps(original)
+    def server(*args: Any, **kwargs: Any) -> grpc.aio.Server:
+        kwargs["interceptors"] = [interceptor, *(kwargs.get("interceptors") or ())]
+        return original(*args, **kwargs)
+
+    grpc.aio.server = server
 
 
 def _start_tracing(
@@ -207,7 +225,9 @@ def _start_tracing(
         # Batched in a background thread: exporting never runs on the event loop.
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    instrument_servers(provider)
+    from router.cli.grpc_tracing import TracingServerInterceptor
+
+    instrument_servers(TracingServerInterceptor(provider))
     # Probes would be most of the spans and say nothing about requests.
     client = GrpcAioInstrumentorClient(filter_=negate(health_check()))  # type: ignore[no-untyped-call]
     client.instrument(tracer_provider=provider)
