@@ -202,6 +202,8 @@ class BenchReport:
     # Paths not measured, with why (e.g. {"litellm": "disabled (--no-litellm)"}).
     skipped: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Subject key -> a py-spy summary (markdown), when the run profiled it.
+    profiles: dict[str, str] = field(default_factory=dict)
     total_s: float = 0.0
 
     def subject(self, key: str) -> SubjectReport | None:

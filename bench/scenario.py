@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import yaml
 
-from bench import grpc_relay, litellm_proxy, minimal_relay, otlp_stub, targets
+from bench import grpc_relay, litellm_proxy, minimal_relay, otlp_stub, profile, targets
 from bench.environment import describe_environment, load_average
 from bench.litellm_env import LiteLLMEnv
 from bench.load import Call, GrpcTarget, HttpTarget, Sample, Target, run_load
@@ -52,6 +52,8 @@ class BenchSettings:
     warmup: int = 20
     pin: bool = True
     litellm: bool = True
+    # One extra, unmeasured round of the mesh under py-spy (bench/profile.py).
+    profile: bool = False
     mesh_modes: tuple[MeshMode, ...] = tuple(MeshMode)
     startup_timeout_s: float = 60.0
 
@@ -198,6 +200,9 @@ async def run_scenario(settings: BenchSettings, log: Log = lambda _: None) -> Be
                     r = await measure_round(subject, index, scenarios(settings), settings)
                     subject.rounds.append(r)
                     _log_round(subject, log)
+            if settings.profile:
+                mesh = next(s for s in subjects if s.key == targets.MESH)
+                report.profiles[targets.MESH] = await _profile(mesh, settings, Path(tmp), log)
             collector = next((p for p in servers.started if p.name == "otlp-stub"), None)
             if collector is not None:
                 report.notes.append(await _collector_note(servers, collector))
@@ -389,6 +394,25 @@ async def measure_round(
             measurements[scenario.name] = await measure(subject, scenario, settings)
     await asyncio.sleep(0.2)  # let the last responses' buffers go before "after"
     return Round(index, measurements, idle, peak(), server.rss_bytes())
+
+
+async def _profile(subject: Subject, settings: BenchSettings, tmp: Path, log: Log) -> str:
+    """The subject's server under py-spy over its token streaming and non-streaming
+    scenarios once more (not counted in any figure); the summary as markdown."""
+    raw = tmp / f"{subject.server}.raw"
+    plan = [s for s in scenarios(settings) if s.name in ("tokens", "throughput")]
+    log(f"{subject.name}: profiling {', '.join(s.name for s in plan)} with py-spy")
+    async with profile.recording(subject.processes[subject.server].pid, raw):
+        for scenario in plan:
+            await measure(subject, scenario, settings)
+    text = await asyncio.to_thread(raw.read_text, encoding="utf-8")
+    shares = profile.summarise(text.splitlines())
+    note = (
+        f"py-spy at {profile.RATE_HZ} Hz (--nonblocking) on the {subject.name} process over "
+        f"{' and '.join(s.name for s in plan)}, after the measured rounds. Self: samples with "
+        "the function on top of the stack; inclusive: anywhere in it (idle threads excluded)."
+    )
+    return profile.to_markdown(f"Profile: {subject.name}", shares, note)
 
 
 async def measure(subject: Subject, scenario: Scenario, settings: BenchSettings) -> Measurement:

@@ -70,6 +70,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     bench.add_argument(
         "--no-transports", action="store_true", help="skip the httpx transport comparison"
     )
+    bench.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile the mesh with py-spy in an extra round (profile-mesh-rest.md)",
+    )
     bench.set_defaults(func=run_bench)
 
 
@@ -88,6 +93,7 @@ def settings_of(args: argparse.Namespace) -> BenchSettings:
         rounds=args.rounds,
         warmup=args.warmup,
         pin=not args.no_pin,
+        profile=args.profile,
         litellm=not args.no_litellm,
         mesh_modes=parse_modes(args.mesh_modes),
     )
@@ -114,6 +120,8 @@ def run_bench(args: argparse.Namespace) -> int:
         results = evaluate(report.figures())
         (out / "LATEST.md").write_text(to_markdown(report, results), encoding="utf-8")
         report.write_json(out / "LATEST.json", {"targets": [asdict(r) for r in results]})
+        for key, text in report.profiles.items():
+            (out / f"profile-{key}.md").write_text(text, encoding="utf-8")
         print(to_markdown(report, results))
         # LiteLLM is a peer: its own failures are reported, they do not fail the run.
         ok = all(s.errors == 0 for s in report.subjects if s.key != LITELLM)
