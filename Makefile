@@ -72,9 +72,10 @@ proto-check: $(STAMP)
 ## The mesh beside a zero-delay upstream, the floors of a Python hop (minimal aiohttp relay,
 ## bare grpc.aio hop) and LiteLLM (installed once into its own cached venv outside the repo),
 ## then the httpx transports: each server in its own process on loopback, stopped at the end,
-## under 10 minutes on 2 cores. Writes bench/results/LATEST.md, transports.md and their JSON.
+## under 10 minutes on 2 cores. Writes bench/results/LATEST.md, transports.md, their JSON and
+## profile-mesh-rest.md (py-spy, one extra unmeasured round).
 bench: $(STAMP)
-	$(BIN)/imesh bench --out bench/results $(BENCH_ARGS)
+	$(BIN)/imesh bench --out bench/results --profile $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
