@@ -43,6 +43,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument("--listen", default="0.0.0.0:50061", metavar="ADDR")
     serve.add_argument("--redis", metavar="URL", help="keep membership in Redis (shared, durable)")
     serve.add_argument("--lease-s", type=float, default=5.0, help="replica lease (default 5)")
+    serve.add_argument("--metrics", metavar="ADDR", help="serve GET /metrics here")
     _token_argument(serve)
     serve.set_defaults(func=run_serve)
 
@@ -105,18 +106,23 @@ def run_serve(args: argparse.Namespace) -> int:
         )
     except ValidationError as exc:
         fail(str(exc), 2)
-    return run(_serve(config))
+    return run(_serve(config, args.metrics))
 
 
-async def _serve(config: PoolServiceConfig) -> int:
+async def _serve(config: PoolServiceConfig, metrics: str | None) -> int:
+    from router.cli.telemetry import serve_metrics_or_exit, start_telemetry_or_exit
     from vllm_pool.server import start_pool_server
 
     stop = stop_signal()
+    telemetry = start_telemetry_or_exit("imesh-pool")  # before the server: it is instrumented
     server = await start_pool_server(config)
     where = "Redis" if config.redis_url else "memory"
     print(f"pool service on {shown_address(config.listen, server.port)} (membership in {where})")
+    if metrics:
+        await serve_metrics_or_exit(telemetry, metrics)
     await stop
     await server.stop()
+    await telemetry.close()
     return 0
 
 

@@ -63,6 +63,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     parser.add_argument("--drain-timeout-s", type=float, default=120.0)
     parser.add_argument("--startup-timeout-s", type=float, default=900.0)
+    parser.add_argument("--metrics", metavar="ADDR", help="serve GET /metrics here")
     parser.set_defaults(func=run_agent)
 
 
@@ -94,10 +95,13 @@ def run_agent(args: argparse.Namespace) -> int:
 async def _agent(args: argparse.Namespace, settings: AgentSettings) -> int:
     import grpc
 
+    from router.cli.telemetry import serve_metrics_or_exit, start_telemetry_or_exit
     from vllm_pool.agent import AgentError, ReplicaAgent
     from vllm_pool.engine_probe import EngineProbe, GrpcEngineProbe, HttpEngineProbe
+    from vllm_pool.metrics import AgentCollector
 
     received = stop_signal()
+    telemetry = start_telemetry_or_exit("imesh-replica-agent")
     stop = asyncio.Event()
     received.add_done_callback(lambda _: stop.set())
     probe: EngineProbe = (
@@ -105,9 +109,15 @@ async def _agent(args: argparse.Namespace, settings: AgentSettings) -> int:
     )
     try:
         async with grpc.aio.insecure_channel(args.pool) as channel:
-            await ReplicaAgent(probe, channel, settings).run(stop)
+            agent = ReplicaAgent(probe, channel, settings)
+            if telemetry.registry is not None:
+                telemetry.registry.register(AgentCollector(agent, settings.pool))
+            if args.metrics:
+                await serve_metrics_or_exit(telemetry, args.metrics)
+            await agent.run(stop)
     except AgentError as exc:
         fail(f"error: {exc}")
     finally:
         await probe.aclose()
+        await telemetry.close()
     return 0

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -180,6 +182,29 @@ def start_telemetry(service: str, env: Mapping[str, str]) -> Telemetry:
         instrument_servers(GrpcServerMetrics(registry))
     provider = _start_tracing(service, switches.exporters, env) if switches.tracing else None
     return Telemetry(registry=registry, tracing=provider is not None, _provider=provider)
+
+
+def start_telemetry_or_exit(service: str) -> Telemetry:
+    """`start_telemetry` from this process's environment, for a CLI command: a variable
+    it does not understand ends the process (exit 2) with a line naming it."""
+    try:
+        return start_telemetry(service, os.environ)
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+async def serve_metrics_or_exit(telemetry: Telemetry, listen: str) -> None:
+    """Serve /metrics on `listen` and say where; exits 2 when it cannot listen there."""
+    if telemetry.registry is None:
+        return
+    try:
+        port = await telemetry.serve_metrics(listen)
+    except (OSError, ValueError) as exc:
+        print(f"error: metrics cannot listen on {listen}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    host = listen.rpartition(":")[0] or "127.0.0.1"
+    print(f"metrics on http://{host}:{port}/metrics", flush=True)
 
 
 def instrument_servers(interceptor: grpc.aio.ServerInterceptor[Any, Any]) -> None:

@@ -12,8 +12,10 @@ from adapters.backend import Backend, Batch
 from adapters.deadline import Deadline
 from imesh.v1 import adapter_service_pb2
 from imesh.v1 import pool_service_pb2 as pb
+from vllm_pool.agent import AgentSettings, ReplicaAgent
+from vllm_pool.engine_probe import HttpEngineProbe
 from vllm_pool.health import ReplicaHealth
-from vllm_pool.metrics import PoolReplicaCollector
+from vllm_pool.metrics import AgentCollector, PoolReplicaCollector
 from vllm_pool.view import PoolView
 
 
@@ -68,4 +70,21 @@ async def test_replica_load_state_and_ejection_are_read_at_scrape_time() -> None
     view.apply([replica("r1", pb.REPLICA_STATE_READY, 0, 0, 0.1)])
     assert get("imesh_pool_replica_running", "r2") is None
     await view.aclose()
+    await channel.close(None)
+
+
+async def test_an_agent_reports_its_lease_and_no_load_age_before_reading_any() -> None:
+    channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never called
+    probe = HttpEngineProbe("http://127.0.0.1:1")
+    agent = ReplicaAgent(probe, channel, AgentSettings(pool="gpu", replica_id="r1", token="t"))
+    registry = CollectorRegistry()
+    registry.register(AgentCollector(agent, "gpu"))
+    assert registry.get_sample_value("imesh_replica_agent_registered", {"pool": "gpu"}) == 0
+    assert (
+        registry.get_sample_value("imesh_replica_agent_load_age_seconds", {"pool": "gpu"}) is None
+    )
+    agent.registered.set()
+    assert registry.get_sample_value("imesh_replica_agent_registered", {"pool": "gpu"}) == 1
+    assert registry.get_sample_value("imesh_replica_agent_waiting", {"pool": "gpu"}) == 0
+    await probe.aclose()
     await channel.close(None)
