@@ -10,6 +10,7 @@ import pytest
 from bench.mesh_modes import MeshMode
 from bench.scenario import BenchSettings, run_scenario
 from bench.targets import DIRECT, GRPC_HOP, MESH, MESH_GRPC, RELAY, Verdict, evaluate
+from bench.transports import AGGREGATE, FLOOR, run_transports, transports_markdown
 
 TINY = BenchSettings(
     requests=6,
@@ -58,3 +59,24 @@ async def test_scenario_measures_every_subject_each_round_and_stops_every_proces
     for pid in report.environment["processes"].values():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # stopped and reaped
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_transport_comparison_measures_every_candidate_and_writes_a_verdict() -> None:
+    comparison = await run_transports(TINY)
+
+    names = [r.name for r in comparison.rows()]
+    assert names == [
+        FLOOR,
+        "httpx",
+        "httpx" + AGGREGATE,
+        "httpx-sharded",
+        "httpx-aiohttp",
+        "httpx-aiohttp" + AGGREGATE,
+    ]
+    assert comparison.all_ok
+    assert all(r.cpu_us_per_token is not None for r in comparison.rows())
+    text = transports_markdown(comparison)
+    assert "Streaming: **" in text
+    assert "Non-streaming caller over httpx-aiohttp:" in text
