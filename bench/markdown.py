@@ -108,7 +108,13 @@ def to_markdown(report: BenchReport, results: Sequence[TargetResult]) -> str:
     lines += ["", "## Subjects", ""]
     for subject in report.subjects:
         lines.append(f"- **{subject.name}**: {subject.description}")
-    notes = list(report.notes)
+    notes = [
+        f"{subject.name}: the edge's own time (x-imesh-edge-overhead-ms) p50 "
+        f"{figures[subject.key].edge_own_p50:.2f} ms at concurrency 1"
+        for subject in report.subjects
+        if figures[subject.key].edge_own_p50 is not None
+    ]
+    notes += report.notes
     for subject in report.subjects:
         for r in subject.rounds:
             for m in r.measurements.values():

@@ -129,6 +129,8 @@ class Figures:
     rps: float | None = None
     cpu_ms_per_request: float | None = None
     cpu_us_per_token: float | None = None
+    # The mesh edge's own time (x-imesh-edge-overhead-ms), p50 at concurrency 1.
+    edge_own_p50: float | None = None
     rss_idle: list[int | None] = field(default_factory=list)
     rss_peak: list[int | None] = field(default_factory=list)
     rss_after: list[int | None] = field(default_factory=list)
@@ -148,10 +150,15 @@ def round_figures(r: Round, server: str) -> Figures:
         rps=thr.rps if thr else None,
         cpu_ms_per_request=thr.cpu_ms_per_request(server) if thr else None,
         cpu_us_per_token=tok.cpu_us_per_token(server) if tok else None,
+        edge_own_p50=_p50(m["latency"].edge_overhead_ms) if "latency" in m else None,
         rss_idle=[r.rss_idle],
         rss_peak=[r.rss_peak],
         rss_after=[r.rss_after],
     )
+
+
+def _p50(values: Percentiles | None) -> float | None:
+    return values.p50 if values is not None else None
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -184,6 +191,7 @@ class SubjectReport:
             rps=med(lambda f: f.rps),
             cpu_ms_per_request=med(lambda f: f.cpu_ms_per_request),
             cpu_us_per_token=med(lambda f: f.cpu_us_per_token),
+            edge_own_p50=med(lambda f: f.edge_own_p50),
             rss_idle=[r.rss_idle for r in self.rounds],
             rss_peak=[r.rss_peak for r in self.rounds],
             rss_after=[r.rss_after for r in self.rounds],
