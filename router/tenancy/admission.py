@@ -18,7 +18,7 @@ from router.tenancy.authenticate import KeyAuthenticator, require_model
 from router.tenancy.config import OverloadSettings, TenantConfig
 from router.tenancy.fallback import FallbackLimiter
 from router.tenancy.limits import Grant, RateFigures, Reservation
-from router.tokens import estimate_prompt_tokens
+from adapters.token_estimate import estimate_prompt_tokens
 
 if TYPE_CHECKING:
     from router.admission import Ticket
@@ -107,6 +107,7 @@ class TenantAdmitter:
             )
         grant = await self._limiter.reserve(tenant, self._estimator.estimate(name, scope.request))
         self.standing[name] = grant.figures
+        scope.rate_limit = grant.figures.to_proto()  # the start event carries it to the caller
         self.in_flight += 1
         return _TenantTicket(self, grant)
 
@@ -138,10 +139,6 @@ class _TenantTicket:
     def __init__(self, admitter: TenantAdmitter, grant: Grant) -> None:
         self._admitter: TenantAdmitter | None = admitter
         self._grant = grant
-
-    @property
-    def rate_limit_headers(self) -> dict[str, str]:
-        return self._grant.figures.as_headers()
 
     def settle(self, usage: events_pb2.Usage) -> None:
         self._end(usage.prompt_tokens + usage.completion_tokens, usage.cost_micros)

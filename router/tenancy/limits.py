@@ -15,6 +15,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 
 from imesh.errors import MeshError, Reason
+from imesh.v1 import events_pb2
 from router.tenancy.config import TenantLimits
 from router.tenancy.redis_util import lua, unreachable_as_store_error
 
@@ -53,6 +54,17 @@ class RateFigures:
             out["x-ratelimit-remaining-tokens"] = str(self.remaining_tokens or 0)
             out["x-ratelimit-reset-tokens"] = f"{self.reset_tokens_s:.3f}s"
         return out
+
+    def to_proto(self) -> events_pb2.RateLimitStatus:
+        """The same figures as they travel in StreamStart (a limit of 0: none)."""
+        return events_pb2.RateLimitStatus(
+            limit_requests=self.limit_requests or 0,
+            remaining_requests=self.remaining_requests or 0,
+            reset_requests_seconds=self.reset_requests_s,
+            limit_tokens=self.limit_tokens or 0,
+            remaining_tokens=self.remaining_tokens or 0,
+            reset_tokens_seconds=self.reset_tokens_s,
+        )
 
 
 @dataclass(frozen=True, slots=True)

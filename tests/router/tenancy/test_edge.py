@@ -15,7 +15,7 @@ from adapters.registry import build_backends
 from gateway.server import GatewayServer, start_gateway
 from imesh.client import Client
 from imesh.errors import MeshError, Reason
-from imesh.v1 import usage_service_pb2
+from imesh.v1 import chat_pb2, usage_service_pb2
 from router.config import GatewaySettings
 from router.server import RouterServer, start_router_server
 from router.service import ChatRouter
@@ -119,3 +119,33 @@ async def test_the_grpc_client_reads_its_tenants_usage(mesh: Mesh) -> None:
         with pytest.raises(MeshError) as caught:
             await client.get_usage(usage_service_pb2.GetUsageRequest())
     assert caught.value.reason is Reason.INVALID_API_KEY
+
+
+async def test_answers_carry_the_tenants_standing_as_x_ratelimit_headers(mesh: Mesh) -> None:
+    key = (await mesh.tenancy.keys.create("team-a")).raw
+    unary = await mesh.http.post("/v1/chat/completions", json=BODY, headers=bearer(key))
+    assert unary.headers["x-ratelimit-limit-requests"] == "3"
+    assert unary.headers["x-ratelimit-remaining-requests"] == "2"
+    assert float(unary.headers["x-ratelimit-reset-requests"].removesuffix("s")) > 0
+    assert "x-ratelimit-limit-tokens" not in unary.headers  # team-a has no TPM limit
+    streamed = await mesh.http.post(
+        "/v1/chat/completions", json=BODY | {"stream": True}, headers=bearer(key)
+    )
+    assert streamed.status_code == 200
+    assert streamed.headers["x-ratelimit-remaining-requests"] == "1"
+    async with Client(mesh.grpc_address, api_key=key) as client:
+        first = await anext(aiter(client.chat_stream(chat_input())))
+    assert first.start.rate_limit.remaining_requests == 0
+
+
+async def test_without_a_limit_no_rate_limit_headers_are_sent(mesh: Mesh) -> None:
+    key = (await mesh.tenancy.keys.create("team-b")).raw  # no limits at all
+    answer = await mesh.http.post("/v1/chat/completions", json=BODY, headers=bearer(key))
+    assert answer.status_code == 200
+    assert not [h for h in answer.headers if h.startswith("x-ratelimit-")]
+
+
+def chat_input() -> chat_pb2.ChatInput:
+    text = chat_pb2.ContentPart(text="hi")
+    message = chat_pb2.Message(role=chat_pb2.ROLE_USER, content=[text])
+    return chat_pb2.ChatInput(model="fast", max_tokens=8, messages=[message])
