@@ -226,6 +226,9 @@ def serve(listen: str, tokens: int) -> None:
         ws="none",
         lifespan="off",
         access_log=False,
+        # Longer than any idle gap between the bench's rounds: a pooled connection the mock
+        # closes just as a relay reuses it would be an error of the harness, not of the relay.
+        timeout_keep_alive=300,
         log_level="warning",
     )
     server = _AnnouncingServer(config, f"{READY_PREFIX}http://{host}:{bound}")
