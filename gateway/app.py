@@ -18,6 +18,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import log_unexpected
+from gateway.metrics import NO_OBSERVABILITY, EdgeObservability
 from gateway.rate_limit import rate_limit_headers
 from gateway.responses import Exchange, malformed_key, send_error, send_json
 from gateway.sse import DisconnectWatch, relay_stream
@@ -50,9 +51,11 @@ def create_app(
     settings: GatewaySettings,
     *,
     owns_api: bool = False,
+    observability: EdgeObservability = NO_OBSERVABILITY,
     usage: UsageAPI | None = None,
 ) -> Starlette:
-    """The edge as an ASGI app. With `owns_api`, the app's shutdown closes `api`."""
+    """The edge as an ASGI app. With `owns_api`, the app's shutdown closes `api`.
+    `observability` adds metrics (and `GET /metrics`) and spans; off by default."""
     edge = _Edge(api, settings, usage)
     routes = [
         Route(CHAT_PATH, _Endpoint(edge.chat_completions), methods=["POST"]),
@@ -61,6 +64,7 @@ def create_app(
         Route("/healthz", _Endpoint(edge.healthz), methods=["GET"]),
         Route("/readyz", _Endpoint(edge.readyz), methods=["GET"]),
         Route(USAGE_PATH, _Endpoint(edge.usage), methods=["GET"]),
+        *observability.routes(),
         # Last: anything else gets an OpenAI-style 404/405 instead of Starlette's plain text.
         Route("/{path:path}", _Endpoint(edge.unknown_route)),
     ]
@@ -73,7 +77,7 @@ def create_app(
             if owns_api:
                 await api.aclose()
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=observability.middleware())
 
 
 class _Endpoint:

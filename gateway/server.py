@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 
 from gateway.app import create_app
 from gateway.http_limits import bounded_protocol
+from gateway.metrics import NO_OBSERVABILITY, EdgeObservability
 from imesh.api import ChatAPI, UsageAPI
 from router.config import GatewaySettings, parse_listen
 
@@ -113,11 +114,13 @@ async def start_gateway(
     api: ChatAPI,
     settings: GatewaySettings,
     listen: str,
+    observability: EdgeObservability = NO_OBSERVABILITY,
     usage: UsageAPI | None = None,
 ) -> GatewayServer:
     """The edge over `api`, serving on `listen` (port 0 picks a free port) in this loop;
     `GET /v1/usage` answers from `usage` (None: the mesh runs without tenancy)."""
-    server = GatewayServer(create_app(api, settings, usage=usage), listen, settings)
+    app = create_app(api, settings, observability=observability, usage=usage)
+    server = GatewayServer(app, listen, settings)
     await server.start()
     return server
 
@@ -157,8 +160,16 @@ def run_standalone(router_addr: str, listen: str, workers: int, settings: Gatewa
 
 def app_from_env() -> Starlette:
     """App factory run in each standalone worker: one imesh.Client, closed at shutdown."""
+    from opentelemetry import trace
+
     from imesh import Client  # the gRPC client is only needed when deployed apart
+    from router.cli.telemetry import start_telemetry
 
     settings = GatewaySettings.model_validate_json(os.environ[ENV_SETTINGS])
+    # Before the client's channel exists: tracing instruments channels as they are made.
+    telemetry = start_telemetry("imesh-gateway", os.environ)
+    observability = EdgeObservability(
+        telemetry.registry, trace.get_tracer_provider() if telemetry.tracing else None
+    )
     client = Client(os.environ[ENV_ROUTER])  # also the UsageAPI, over imesh.v1.UsageService
-    return create_app(client, settings, owns_api=True, usage=client)
+    return create_app(client, settings, owns_api=True, observability=observability, usage=client)

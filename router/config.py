@@ -191,12 +191,22 @@ class GatewaySettings(Strict):
     max_json_values: int = Field(100_000, ge=1000)
 
 
+class MetricsSettings(Strict):
+    """Prometheus metrics of a service process (IMESH_METRICS=0 turns them off)."""
+
+    # Serve GET /metrics here ("host:port"); None: only the edge's /metrics, if any.
+    listen: str | None = None
+    # Per-tenant series multiply with the tenants; large deployments turn the label off.
+    tenant_label: bool = True
+
+
 class MeshConfig(Strict):
     providers: dict[str, ProviderConfig]
     deployments: list[Deployment] = Field(min_length=1)
     aliases: dict[str, Alias] = {}
     router: RouterSettings = RouterSettings()
     gateway: GatewaySettings = GatewaySettings()
+    metrics: MetricsSettings = MetricsSettings()
     # Read by `imesh adapter`, which refuses to start without it.
     adapter_service: AdapterServiceSettings | None = None
     # Tenants, keys, limits and usage (router/tenancy); None: no tenancy.

@@ -45,6 +45,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="ADDR",
         help="also serve grpc.health.v1 alone, in plaintext, here (for probes without TLS)",
     )
+    parser.add_argument(
+        "--metrics", metavar="ADDR", help="serve GET /metrics here (default: metrics.listen)"
+    )
     parser.set_defaults(func=run_adapter)
 
 
@@ -64,18 +67,26 @@ def run_adapter(args: argparse.Namespace) -> int:
             "routers that present one (adapter_service: {tokens: [env:NAME]})",
             2,
         )
-    return run(_serve(args, provider, config.adapter_service))
+    metrics = args.metrics or config.metrics.listen
+    return run(_serve(args, provider, config.adapter_service, metrics))
 
 
 async def _serve(
-    args: argparse.Namespace, provider: object, settings: AdapterServiceSettings
+    args: argparse.Namespace,
+    provider: object,
+    settings: AdapterServiceSettings,
+    metrics: str | None,
 ) -> int:
     from adapters.hop_auth import ServerSecurity
+    from adapters.metrics import AdapterMetrics, MeteredBackend
     from adapters.registry import build_backend
     from adapters.service import start_adapter_server
+    from router.cli.telemetry import serve_metrics_or_exit, start_telemetry_or_exit
 
     name, listen = args.name, args.listen
     stopped = stop_signal()
+    # Before the server exists: it is instrumented as it is made.
+    telemetry = start_telemetry_or_exit(f"imesh-adapter-{name}")
     try:
         security = ServerSecurity.for_adapter(settings)
     except KeyError as exc:  # a token or TLS file is missing: names it, never its value
@@ -84,6 +95,8 @@ async def _serve(
         backend = build_backend(provider)  # type: ignore[arg-type]  # checked by run_adapter
     except KeyError as exc:  # a secret's variable is unset: names it, never its value
         fail(f"providers.{name}: {exc.args[0]}", 2)
+    if telemetry.registry is not None:
+        backend = MeteredBackend(backend, AdapterMetrics(telemetry.registry), provider=name)
     try:
         try:
             server = await start_adapter_server(
@@ -92,9 +105,12 @@ async def _serve(
         except (OSError, RuntimeError) as exc:
             fail(f"error: adapter cannot listen on {listen}: {exc}")
         print(f"adapter {name} gRPC on {shown_address(listen, server.port)}", flush=True)
+        if metrics:
+            await serve_metrics_or_exit(telemetry, metrics)
         signal_name = await stopped
         print(f"{signal_name}: draining for up to {DRAIN_S:g}s", file=sys.stderr, flush=True)
         await server.stop(DRAIN_S)
     finally:
         await backend.aclose()
+        await telemetry.close()
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ from router.cli._common import (
 )
 
 if TYPE_CHECKING:
+    from gateway.metrics import EdgeObservability
     from gateway.server import GatewayServer
     from imesh.api import ChatAPI, UsageAPI
     from router.config import MeshConfig
@@ -59,6 +61,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     up.add_argument("--listen", metavar="ADDR", help="router gRPC address (default: router.listen)")
     up.add_argument("--http", metavar="ADDR", help="REST edge address (default: gateway.listen)")
     up.add_argument("--no-http", action="store_true", help="do not start the REST edge")
+    up.add_argument(
+        "--metrics", metavar="ADDR", help="serve GET /metrics here too (default: metrics.listen)"
+    )
     up.set_defaults(func=run_up)
 
     router = commands.add_parser(
@@ -75,6 +80,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     router.add_argument(
         "--listen", metavar="ADDR", help="gRPC address (default: router.listen in the config)"
     )
+    router.add_argument(
+        "--metrics", metavar="ADDR", help="serve GET /metrics here (default: metrics.listen)"
+    )
     router.set_defaults(func=run_router)
 
 
@@ -82,37 +90,51 @@ def run_up(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config or default_config_path())
     listen = args.listen or config.router.listen
     http = None if args.no_http else (args.http or config.gateway.listen)
-    return run(serve_mesh(config, listen, http))
+    return run(serve_mesh(config, listen, http, args.metrics or config.metrics.listen))
 
 
 def run_router(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config)
-    return run(serve_mesh(config, args.listen or config.router.listen, None))
+    listen = args.listen or config.router.listen
+    return run(serve_mesh(config, listen, None, args.metrics or config.metrics.listen))
 
 
-async def serve_mesh(config: MeshConfig, listen: str, http: str | None) -> int:
-    """Router on `listen`, plus the REST edge on `http` when given, until SIGTERM/SIGINT."""
+async def serve_mesh(
+    config: MeshConfig, listen: str, http: str | None, metrics: str | None = None
+) -> int:
+    """Router on `listen`, plus the REST edge on `http` and `GET /metrics` on `metrics`
+    when given, until SIGTERM/SIGINT. Telemetry follows IMESH_METRICS and OTEL_*."""
     from adapters.registry import build_backends
+    from router.cli.telemetry import (
+        router_observers,
+        serve_metrics_or_exit,
+        start_telemetry_or_exit,
+    )
     from router.cli.tenancy_setup import start_tenancy
     from router.server import start_router_server
     from router.service import ChatRouter
 
-    for what, address in (("router", listen), ("edge", http)):
+    for what, address in (("router", listen), ("edge", http), ("metrics", metrics)):
         if address:
             usable_listen(what, address)
     stopped = stop_signal()
+    # Before any channel or server exists: they are instrumented as they are made.
+    telemetry = start_telemetry_or_exit("imesh-router")
     try:
         backends = build_backends(config.providers)
     except ValueError as exc:  # a secret's variable is unset: names it, never its value
         fail(str(exc), 2)
+    observers = router_observers(config, telemetry, os.environ)
     tenancy = await start_tenancy(config)  # None without a `tenancy` section
     chat_router = ChatRouter(
         config,
         backends,
-        sinks=tenancy.sinks if tenancy else (),
+        sinks=[*observers.sinks, *(tenancy.sinks if tenancy else ())],
+        tracer=observers.tracer,
         authenticator=tenancy.authenticator if tenancy else None,
         admitters=tenancy.admitters if tenancy else (),
     )
+    observers.watch(chat_router, backends, tenancy)
     try:
         try:
             server = await start_router_server(
@@ -127,9 +149,15 @@ async def serve_mesh(config: MeshConfig, listen: str, http: str | None) -> int:
         except (OSError, RuntimeError) as exc:
             fail(f"error: router cannot listen on {listen}: {exc}", 2)
         print(f"router gRPC on {shown_address(listen, server.port)}", flush=True)
+        if metrics:
+            await serve_metrics_or_exit(telemetry, metrics)
         try:
             usage = tenancy.usage_api if tenancy else None
-            edge = await _start_edge(chat_router, config, http, usage) if http else None
+            edge = (
+                await _start_edge(chat_router, config, http, telemetry.edge(), usage)
+                if http
+                else None
+            )
         except SystemExit:
             await server.stop(0)  # no gRPC server left for the interpreter's teardown
             raise
@@ -146,11 +174,16 @@ async def serve_mesh(config: MeshConfig, listen: str, http: str | None) -> int:
         await chat_router.aclose()
         if tenancy is not None:
             await tenancy.aclose()
+        await telemetry.close()
     return 0
 
 
 async def _start_edge(
-    api: ChatAPI, config: MeshConfig, http: str, usage: UsageAPI | None = None
+    api: ChatAPI,
+    config: MeshConfig,
+    http: str,
+    observability: EdgeObservability,
+    usage: UsageAPI | None = None,
 ) -> GatewayServer | None:
     """The REST edge over the in-process router (no gRPC hop); None when not installed."""
     try:
@@ -161,7 +194,7 @@ async def _start_edge(
         print("edge HTTP skipped: gateway.server is not available", file=sys.stderr)
         return None
     try:
-        edge = await start_gateway(api, config.gateway, http, usage=usage)
+        edge = await start_gateway(api, config.gateway, http, observability, usage)
     except (OSError, ValueError) as exc:
         fail(f"error: edge cannot listen on {http}: {exc}", 2)
     print(f"edge HTTP on http://{shown_address(http, edge.port)}", flush=True)
