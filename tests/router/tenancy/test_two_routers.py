@@ -163,3 +163,38 @@ async def test_rpm_tpm_and_revocation_hold_across_two_router_processes(
         reason = reasons[0] if reasons else None
         await asyncio.sleep(0.1)
     assert reason is Reason.INVALID_API_KEY
+
+
+def imesh(*args: str) -> str:
+    argv = [sys.executable, "-m", "router.cli.main", *args]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.slow
+async def test_the_keys_and_usage_commands_administer_and_report(routers: list[str]) -> None:
+    first, second = routers
+    made = await asyncio.to_thread(
+        imesh, "keys", "--router", first, "--admin-key", ADMIN, "create", "--tenant", "by-requests"
+    )
+    key = made.splitlines()[-1]
+    assert key.startswith("imk_")
+    listed = await asyncio.to_thread(
+        imesh, "keys", "--router", second, "--admin-key", ADMIN, "list", "--tenant", "by-requests"
+    )
+    assert key.rsplit("_", 1)[0] in listed  # the prefix, shown as active
+    assert key not in listed
+    assert "active" in listed
+    ok, _ = await served([second], key, 2)
+    assert ok == 2
+    # The usage events reach the rollup through the stream and the aggregator.
+    deadline = time.monotonic() + 10
+    while True:
+        table = await asyncio.to_thread(imesh, "usage", "--router", first, "--api-key", key)
+        total = table.splitlines()[-1].split()
+        if total[:2] == ["total", "2"] or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert table.splitlines()[0] == "tenant by-requests"
+    assert total[:2] == ["total", "2"]
