@@ -191,3 +191,40 @@ class ServerProcess:
         if popen.stdout is not None and not self._reader.is_alive():
             popen.stdout.close()
         self._stderr.close()
+
+
+class Servers:
+    """The child processes of one run, each pinned where the plan says; all stopped by
+    `stop_all()` whatever happened."""
+
+    def __init__(self, pinning: Pinning, timeout_s: float) -> None:
+        self._pinning = pinning
+        self._timeout = timeout_s
+        self.started: list[ServerProcess] = []
+        # (process name, ready prefix) -> the address its ready line announced
+        self.addresses: dict[tuple[str, str], str] = {}
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        under_test: bool,
+        env: Mapping[str, str] | None = None,
+    ) -> ServerProcess:
+        cpu = self._pinning.server_cpu if under_test else self._pinning.client_cpu
+        proc = ServerProcess(name, argv, cpu=cpu, env=env)
+        self.started.append(proc)  # at once: stop_all() stops it whatever happens next
+        return proc
+
+    async def address(self, proc: ServerProcess, prefix: str) -> str:
+        """What `proc` announced after `prefix` (waited for the first time)."""
+        key = (proc.name, prefix)
+        if key not in self.addresses:
+            line = await proc.wait_line(prefix, self._timeout)
+            self.addresses[key] = line[len(prefix) :]
+        return self.addresses[key]
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            proc.stop()

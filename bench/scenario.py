@@ -12,9 +12,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,98 +21,18 @@ import yaml
 from bench import grpc_relay, litellm_proxy, minimal_relay, otlp_stub, profile, targets
 from bench.environment import describe_environment, load_average
 from bench.litellm_env import LiteLLMEnv
-from bench.load import Call, GrpcTarget, HttpTarget, Sample, Target, run_load
+from bench.load import GrpcTarget, HttpTarget
+from bench.measure import Log, Subject, measure, measure_round, warm_up
 from bench.mesh_modes import MeshMode
-from bench.processes import BenchError, Pinning, ServerProcess, pin
-from bench.report import BenchReport, Measurement, Round, SubjectReport, round_figures
-from bench.upstream import READY_PREFIX, TOKEN_CHARS
+from bench.plan import BenchSettings, scenarios, settings_dict
+from bench.processes import BenchError, Pinning, ServerProcess, Servers, pin
+from bench.report import BenchReport, round_figures
+from bench.upstream import READY_PREFIX
 
 UPSTREAM_MODEL = "bench-model"
 MESH_ALIAS = "bench"
 ROUTER_READY = "router gRPC on "
 EDGE_READY = "edge HTTP on "
-RSS_SAMPLE_S = 0.05
-
-Log = Callable[[str], None]
-
-
-@dataclass(frozen=True, slots=True)
-class BenchSettings:
-    requests: int = 150  # per one-at-a-time scenario (latency, TTFT)
-    throughput_requests: int = 300
-    concurrency: int = 32
-    tokens: int = 16  # answer length, except in token streaming
-    stream_tokens: int = 256
-    streams: int = 16
-    stream_waves: int = 2
-    rounds: int = 3
-    warmup: int = 20
-    pin: bool = True
-    litellm: bool = True
-    # One extra, unmeasured round of the mesh under py-spy (bench/profile.py).
-    profile: bool = False
-    mesh_modes: tuple[MeshMode, ...] = tuple(MeshMode)
-    startup_timeout_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        for name in (
-            "requests",
-            "throughput_requests",
-            "concurrency",
-            "tokens",
-            "stream_tokens",
-            "streams",
-            "stream_waves",
-            "rounds",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.warmup < 0:
-            raise ValueError("warmup must be >= 0")
-        if MeshMode.DEFAULT not in self.mesh_modes:
-            raise ValueError("the default mesh mode is always measured")
-
-
-@dataclass(frozen=True, slots=True)
-class Scenario:
-    name: str
-    call: Call
-    requests: int
-    concurrency: int
-
-    def expected_tokens(self, settings: BenchSettings) -> int:
-        return self.call.max_tokens or settings.stream_tokens
-
-
-def scenarios(settings: BenchSettings) -> tuple[Scenario, ...]:
-    """Non-streaming at concurrency 1 and N, streaming TTFT at 1, then token streaming."""
-    short_plain, short_stream = Call(False, settings.tokens), Call(True, settings.tokens)
-    return (
-        Scenario("latency", short_plain, settings.requests, 1),
-        Scenario("throughput", short_plain, settings.throughput_requests, settings.concurrency),
-        Scenario("ttft", short_stream, settings.requests, 1),
-        Scenario("tokens", Call(True), settings.streams * settings.stream_waves, settings.streams),
-    )
-
-
-@dataclass(slots=True)
-class Subject:
-    """One path under measurement: a client target, the process it measures, and the other
-    processes whose CPU is recorded beside it."""
-
-    key: str
-    name: str
-    description: str
-    server: str
-    target: Target
-    processes: Mapping[str, ServerProcess]
-    rounds: list[Round] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def report(self) -> SubjectReport:
-        return SubjectReport(
-            self.key, self.name, self.description, self.server, self.rounds, self.notes
-        )
 
 
 def mesh_config(upstream_url: str) -> dict[str, Any]:
@@ -130,49 +47,12 @@ def mesh_config(upstream_url: str) -> dict[str, Any]:
     }
 
 
-class Servers:
-    """The child processes of one run, each pinned where the plan says; all stopped by
-    `stop_all()` whatever happened."""
-
-    def __init__(self, pinning: Pinning, timeout_s: float) -> None:
-        self._pinning = pinning
-        self._timeout = timeout_s
-        self.started: list[ServerProcess] = []
-        # (process name, ready prefix) -> the address its ready line announced
-        self.addresses: dict[tuple[str, str], str] = {}
-
-    def start(
-        self,
-        name: str,
-        argv: Sequence[str],
-        *,
-        under_test: bool,
-        env: Mapping[str, str] | None = None,
-    ) -> ServerProcess:
-        cpu = self._pinning.server_cpu if under_test else self._pinning.client_cpu
-        proc = ServerProcess(name, argv, cpu=cpu, env=env)
-        self.started.append(proc)  # at once: stop_all() stops it whatever happens next
-        return proc
-
-    async def address(self, proc: ServerProcess, prefix: str) -> str:
-        """What `proc` announced after `prefix` (waited for the first time)."""
-        key = (proc.name, prefix)
-        if key not in self.addresses:
-            line = await proc.wait_line(prefix, self._timeout)
-            self.addresses[key] = line[len(prefix) :]
-        return self.addresses[key]
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.started):
-            proc.stop()
-
-
 async def run_scenario(settings: BenchSettings, log: Log = lambda _: None) -> BenchReport:
     """Measure every subject over `settings.rounds` rounds; BenchError when a server does not
     start, LiteLLM cannot be installed, or a path fails every warm-up request."""
     t0 = time.perf_counter()
     pinning = Pinning.plan(settings.pin)
-    report = BenchReport(settings=_settings_dict(settings), environment={})
+    report = BenchReport(settings=settings_dict(settings), environment={})
     log(pinning.note)
     original_cpus = os.sched_getaffinity(0) if pinning.client_cpu is not None else None
     servers = Servers(pinning, settings.startup_timeout_s)
@@ -184,13 +64,13 @@ async def run_scenario(settings: BenchSettings, log: Log = lambda _: None) -> Be
             env = LiteLLMEnv()
             if not env.installed():
                 log(f"installing LiteLLM into {env.path} (once; later runs reuse it)")
-            litellm_python = env.ensure()
+            litellm_python = await asyncio.to_thread(env.ensure)
         else:
             report.skipped[targets.LITELLM] = "disabled (--no-litellm)"
         report.environment = describe_environment(pinning, litellm_python)
         with tempfile.TemporaryDirectory(prefix="imesh-bench-") as tmp:
-            subjects = await _start_subjects(
-                servers, settings, Path(tmp), litellm_python, report.skipped, log
+            await _start_subjects(
+                subjects, servers, settings, Path(tmp), litellm_python, report.skipped, log
             )
             for subject in subjects:
                 await warm_up(subject, scenarios(settings), settings, log)
@@ -221,13 +101,16 @@ async def run_scenario(settings: BenchSettings, log: Log = lambda _: None) -> Be
 
 
 async def _start_subjects(
+    subjects: list[Subject],
     servers: Servers,
     settings: BenchSettings,
     tmp: Path,
     litellm_python: Path | None,
     skipped: dict[str, str],
     log: Log,
-) -> list[Subject]:
+) -> None:
+    """Starts every server and appends its subject to `subjects` as soon as it answers (so
+    the caller closes the clients of those that started, whatever fails next)."""
     py = sys.executable
     connections = max(settings.concurrency, settings.streams)
     log(f"starting the upstream ({settings.stream_tokens} tokens unless max_tokens says less)")
@@ -241,7 +124,7 @@ async def _start_subjects(
     def http(url: str, model: str) -> HttpTarget:
         return HttpTarget(url, model, connections=connections)
 
-    subjects = [
+    subjects.append(
         Subject(
             targets.DIRECT,
             "upstream direct (zero baseline)",
@@ -250,7 +133,7 @@ async def _start_subjects(
             http(upstream_url, UPSTREAM_MODEL),
             {"upstream": upstream},
         )
-    ]
+    )
     log("starting the minimal relay and the bare gRPC hop")
     relay = servers.start(
         "relay", [py, "-m", "bench.minimal_relay", "--upstream", upstream_url], under_test=True
@@ -360,40 +243,6 @@ async def _start_subjects(
                 {"litellm": proc, "upstream": upstream},
             )
         )
-    return subjects
-
-
-async def warm_up(
-    subject: Subject, plan: Sequence[Scenario], settings: BenchSettings, log: Log
-) -> None:
-    """`settings.warmup` calls of each scenario (streams: at least one wave); BenchError when
-    every one of a scenario's calls failed."""
-    if not settings.warmup:
-        return
-    log(f"{subject.name}: warm-up")
-    for scenario in plan:
-        n = max(settings.warmup, scenario.concurrency) if scenario.call.stream else settings.warmup
-        warm = await run_load(partial(subject.target.call, scenario.call), n, scenario.concurrency)
-        if not warm.samples:
-            server = subject.processes[subject.server]
-            raise BenchError(
-                f"{subject.name}: every warm-up request failed: {warm.first_errors}\n"
-                f"{server.name}'s stderr:\n{server.stderr_tail()}"
-            )
-
-
-async def measure_round(
-    subject: Subject, index: int, plan: Sequence[Scenario], settings: BenchSettings
-) -> Round:
-    """Every scenario of `plan` once, with the server's memory before, during and after."""
-    server = subject.processes[subject.server]
-    idle = server.rss_bytes()
-    measurements: dict[str, Measurement] = {}
-    async with _peak_rss(server) as peak:
-        for scenario in plan:
-            measurements[scenario.name] = await measure(subject, scenario, settings)
-    await asyncio.sleep(0.2)  # let the last responses' buffers go before "after"
-    return Round(index, measurements, idle, peak(), server.rss_bytes())
 
 
 async def _profile(subject: Subject, settings: BenchSettings, tmp: Path, log: Log) -> str:
@@ -413,52 +262,6 @@ async def _profile(subject: Subject, settings: BenchSettings, tmp: Path, log: Lo
         "the function on top of the stack; inclusive: anywhere in it (idle threads excluded)."
     )
     return profile.to_markdown(f"Profile: {subject.name}", shares, note)
-
-
-async def measure(subject: Subject, scenario: Scenario, settings: BenchSettings) -> Measurement:
-    """One scenario against one subject, with the CPU its processes spent meanwhile; an
-    answer whose token count or text does not match what the upstream sent is an error."""
-    expected = scenario.expected_tokens(settings)
-
-    async def checked() -> Sample:
-        sample = await subject.target.call(scenario.call)
-        if sample.completion_tokens != expected:
-            raise ValueError(f"{sample.completion_tokens} completion tokens, sent {expected}")
-        if sample.text_chars != TOKEN_CHARS * expected:
-            raise ValueError(
-                f"{sample.text_chars} characters of text, sent {TOKEN_CHARS * expected}"
-            )
-        return sample
-
-    before = {name: proc.cpu_seconds() for name, proc in subject.processes.items()}
-    run = await run_load(checked, scenario.requests, scenario.concurrency)
-    spent: dict[str, float] = {}
-    for name, proc in subject.processes.items():
-        start, end = before[name], proc.cpu_seconds()
-        if start is not None and end is not None:
-            spent[name] = end - start
-    return Measurement.of(scenario.name, run, scenario.call.stream, spent)
-
-
-@contextlib.asynccontextmanager
-async def _peak_rss(proc: ServerProcess) -> AsyncIterator[Callable[[], int | None]]:
-    """Samples `proc`'s resident memory while the block runs; yields the peak's getter."""
-    seen: list[int] = []
-
-    async def sample() -> None:
-        while True:
-            rss = proc.rss_bytes()
-            if rss is not None:
-                seen[:] = [max([rss, *seen])]
-            await asyncio.sleep(RSS_SAMPLE_S)
-
-    task = asyncio.create_task(sample())
-    try:
-        yield lambda: seen[0] if seen else None
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def _log_round(subject: Subject, log: Log) -> None:
@@ -490,12 +293,6 @@ async def _collector_note(servers: Servers, collector: ServerProcess) -> str:
     return (
         f"tracing mode: the OTLP stub received {stats['exports']} exports, {stats['bytes']} bytes"
     )
-
-
-def _settings_dict(settings: BenchSettings) -> dict[str, Any]:
-    data = asdict(settings)
-    data["mesh_modes"] = [m.value for m in settings.mesh_modes]
-    return data
 
 
 def _write_yaml(path: Path, data: dict[str, Any]) -> Path:

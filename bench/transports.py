@@ -19,18 +19,11 @@ from bench import minimal_relay
 from bench.environment import describe_environment
 from bench.load import Call, HttpTarget
 from bench.markdown import NOISE, load_text
-from bench.processes import Pinning, pin
+from bench.measure import Log, Subject, measure_round, warm_up
+from bench.plan import BenchSettings, Scenario
+from bench.processes import Pinning, Servers, pin
 from bench.report import SubjectReport
-from bench.scenario import (
-    UPSTREAM_MODEL,
-    BenchSettings,
-    Log,
-    Scenario,
-    Servers,
-    Subject,
-    measure_round,
-    warm_up,
-)
+from bench.scenario import UPSTREAM_MODEL
 from bench.transport_relay import TRANSPORTS
 from bench.upstream import READY_PREFIX
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 from router.cli._common import describe, run
 
 if TYPE_CHECKING:
-    from bench.scenario import BenchSettings
+    from bench.plan import BenchSettings
 
 T = TypeVar("T")
 DEFAULT_OUT = "bench/results"
@@ -81,7 +81,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def settings_of(args: argparse.Namespace) -> BenchSettings:
     """The settings the flags ask for; ValueError naming a bad one."""
     from bench.mesh_modes import parse_modes
-    from bench.scenario import BenchSettings
+    from bench.plan import BenchSettings
 
     return BenchSettings(
         requests=args.requests,

@@ -11,9 +11,10 @@ import pytest
 
 from bench.litellm_env import REQUIREMENT, LiteLLMEnv
 from bench.load import Call, Sample
+from bench.measure import Subject, measure
 from bench.mesh_modes import MeshMode
+from bench.plan import BenchSettings, Scenario, scenarios
 from bench.processes import ServerProcess
-from bench.scenario import BenchSettings, Scenario, Subject, measure, scenarios
 from bench.transports import AGGREGATE, Row, recommendation
 from router.cli.bench import settings_of
 from router.cli.main import build_parser

@@ -8,7 +8,8 @@ import os
 import pytest
 
 from bench.mesh_modes import MeshMode
-from bench.scenario import BenchSettings, run_scenario
+from bench.plan import BenchSettings
+from bench.scenario import run_scenario
 from bench.targets import DIRECT, GRPC_HOP, MESH, MESH_GRPC, RELAY, Verdict, evaluate
 from bench.transports import AGGREGATE, FLOOR, run_transports, transports_markdown
 

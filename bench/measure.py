@@ -1,0 +1,119 @@
+"""Measuring one subject: warm-up, rounds of scenarios with the CPU its processes spent and
+its server's memory, and a check of every answer against what the upstream sent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+from bench.load import Sample, Target, run_load
+from bench.plan import BenchSettings, Scenario
+from bench.processes import BenchError, ServerProcess
+from bench.report import Measurement, Round, SubjectReport
+from bench.upstream import TOKEN_CHARS
+
+RSS_SAMPLE_S = 0.05
+
+Log = Callable[[str], None]
+
+
+@dataclass(slots=True)
+class Subject:
+    """One path under measurement: a client target, the process it measures, and the other
+    processes whose CPU is recorded beside it."""
+
+    key: str
+    name: str
+    description: str
+    server: str
+    target: Target
+    processes: Mapping[str, ServerProcess]
+    rounds: list[Round] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def report(self) -> SubjectReport:
+        return SubjectReport(
+            self.key, self.name, self.description, self.server, self.rounds, self.notes
+        )
+
+
+async def warm_up(
+    subject: Subject, plan: Sequence[Scenario], settings: BenchSettings, log: Log
+) -> None:
+    """`settings.warmup` calls of each scenario (streams: at least one wave); BenchError when
+    every one of a scenario's calls failed."""
+    if not settings.warmup:
+        return
+    log(f"{subject.name}: warm-up")
+    for scenario in plan:
+        n = max(settings.warmup, scenario.concurrency) if scenario.call.stream else settings.warmup
+        warm = await run_load(partial(subject.target.call, scenario.call), n, scenario.concurrency)
+        if not warm.samples:
+            server = subject.processes[subject.server]
+            raise BenchError(
+                f"{subject.name}: every warm-up request failed: {warm.first_errors}\n"
+                f"{server.name}'s stderr:\n{server.stderr_tail()}"
+            )
+
+
+async def measure_round(
+    subject: Subject, index: int, plan: Sequence[Scenario], settings: BenchSettings
+) -> Round:
+    """Every scenario of `plan` once, with the server's memory before, during and after."""
+    server = subject.processes[subject.server]
+    idle = server.rss_bytes()
+    measurements: dict[str, Measurement] = {}
+    async with _peak_rss(server) as peak:
+        for scenario in plan:
+            measurements[scenario.name] = await measure(subject, scenario, settings)
+    await asyncio.sleep(0.2)  # let the last responses' buffers go before "after"
+    return Round(index, measurements, idle, peak(), server.rss_bytes())
+
+
+async def measure(subject: Subject, scenario: Scenario, settings: BenchSettings) -> Measurement:
+    """One scenario against one subject, with the CPU its processes spent meanwhile; an
+    answer whose token count or text does not match what the upstream sent is an error."""
+    expected = scenario.expected_tokens(settings)
+
+    async def checked() -> Sample:
+        sample = await subject.target.call(scenario.call)
+        if sample.completion_tokens != expected:
+            raise ValueError(f"{sample.completion_tokens} completion tokens, sent {expected}")
+        if sample.text_chars != TOKEN_CHARS * expected:
+            raise ValueError(
+                f"{sample.text_chars} characters of text, sent {TOKEN_CHARS * expected}"
+            )
+        return sample
+
+    before = {name: proc.cpu_seconds() for name, proc in subject.processes.items()}
+    run = await run_load(checked, scenario.requests, scenario.concurrency)
+    spent: dict[str, float] = {}
+    for name, proc in subject.processes.items():
+        start, end = before[name], proc.cpu_seconds()
+        if start is not None and end is not None:
+            spent[name] = end - start
+    return Measurement.of(scenario.name, run, scenario.call.stream, spent)
+
+
+@contextlib.asynccontextmanager
+async def _peak_rss(proc: ServerProcess) -> AsyncIterator[Callable[[], int | None]]:
+    """Samples `proc`'s resident memory while the block runs; yields the peak's getter."""
+    seen: list[int] = []
+
+    async def sample() -> None:
+        while True:
+            rss = proc.rss_bytes()
+            if rss is not None:
+                seen[:] = [max([rss, *seen])]
+            await asyncio.sleep(RSS_SAMPLE_S)
+
+    task = asyncio.create_task(sample())
+    try:
+        yield lambda: seen[0] if seen else None
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
