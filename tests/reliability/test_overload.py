@@ -154,7 +154,13 @@ async def test_overload_with_random_cancels_leaks_nothing_and_opens_no_breaker(
 
         try:
             await asyncio.gather(*(client() for _ in range(CLIENTS)))
-            await asyncio.sleep(0.2)  # closes of cancelled calls finish in their own tasks
+            # Closes of cancelled calls finish in their own tasks: give them time (bounded;
+            # a leaked connection stays busy for good, so this wait never hides one).
+            settle_by = time.monotonic() + 5.0
+            while time.monotonic() < settle_by and (
+                backend.gate.in_flight or busy_pooled_connections(backend)
+            ):
+                await asyncio.sleep(0.05)
 
             assert outcomes.get("ok", 0) > 0, outcomes
             assert outcomes.get("cancelled", 0) > 0, outcomes
@@ -170,7 +176,8 @@ async def test_overload_with_random_cancels_leaks_nothing_and_opens_no_breaker(
 
             started = time.monotonic()
             events = [e async for e in router.chat_stream(user_input("dep-m"), CallContext())]
-            assert time.monotonic() - started < 1.0  # a leaked pool made it 5 s (the pool wait)
+            # A leaked pool made every later call wait out the pool timeout, then fail.
+            assert time.monotonic() - started < 2.0
             assert [e.content.text for e in events if e.HasField("content")] == [" hi"] * 20
         finally:
             await router.aclose()
