@@ -9,6 +9,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from adapters.token_estimate import estimate_prompt_tokens
 from imesh.errors import MeshError, Reason
 from imesh.v1 import chat_pb2, events_pb2
 from router.config import MeshConfig
@@ -18,7 +19,6 @@ from router.tenancy.authenticate import KeyAuthenticator, require_model
 from router.tenancy.config import OverloadSettings, TenantConfig
 from router.tenancy.fallback import FallbackLimiter
 from router.tenancy.limits import Grant, RateFigures, Reservation
-from adapters.token_estimate import estimate_prompt_tokens
 
 if TYPE_CHECKING:
     from router.admission import Ticket

@@ -88,7 +88,10 @@ class KeyAuthenticator:
             record = await self._store.get(key_id)
         except StoreUnavailable:
             if cached is not None:
-                return cached[0]  # last known state: keys keep working through an outage
+                # Last known state: keys keep working through an outage, and the store is
+                # asked again only after another `cache_s` (not on every request).
+                self._cache[key_id] = (cached[0], now)
+                return cached[0]
             raise MeshError.of(
                 Reason.TENANCY_UNAVAILABLE, "keys cannot be checked right now", retry_after=1.0
             ) from None

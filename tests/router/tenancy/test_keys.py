@@ -10,7 +10,8 @@ import redis.asyncio as aioredis
 from imesh.errors import MeshError, Reason
 from router.tenancy.authenticate import KeyAuthenticator, require_model
 from router.tenancy.config import TenantConfig
-from router.tenancy.keys import KeyHasher, key_id_of
+from router.tenancy.keys import KeyHasher, KeyRecord, key_id_of
+from router.tenancy.store import StoreUnavailable
 from router.tenancy.store_memory import MemoryKeyStore
 from router.tenancy.store_redis import RedisKeyStore
 from tests.router.tenancy.support import Clock
@@ -118,3 +119,38 @@ async def test_store_listing_filters_by_prefix_and_tenant(redis_client: aioredis
             if r.record.prefix.startswith(b1.record.prefix[:10])
         ]
         assert await store.get(b1.record.key_id) == b1.record
+
+
+class FlakyStore(MemoryKeyStore):
+    """A store that can be made unreachable, counting the lookups it was asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.gets = 0
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        self.gets += 1
+        if self.down:
+            raise StoreUnavailable("down")
+        return await super().get(key_id)
+
+
+async def test_through_a_store_outage_known_keys_keep_working_and_new_ones_wait() -> None:
+    clock = Clock(0.0)
+    hasher, store = KeyHasher(SECRET), FlakyStore()
+    known, unseen = hasher.issue("team-b", now=1.0), hasher.issue("team-b", now=1.0)
+    await store.put(known.record)
+    await store.put(unseen.record)
+    auth = KeyAuthenticator(hasher, store, TENANTS, cache_s=2, clock=clock)
+    await auth.authenticate(known.raw)
+    store.down = True
+    clock.now += 5  # the cached entry is stale: the store is asked, and is down
+    assert (await auth.authenticate(known.raw)).tenant == "team-b"
+    asked = store.gets
+    for _ in range(10):
+        await auth.authenticate(known.raw)
+    assert store.gets == asked  # not asked again before cache_s
+    with pytest.raises(MeshError) as caught:
+        await auth.authenticate(unseen.raw)
+    assert caught.value.reason is Reason.TENANCY_UNAVAILABLE
