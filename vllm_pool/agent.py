@@ -1,8 +1,9 @@
 """The replica agent: beside one vLLM server, it registers the replica with the pool,
 heartbeats its load, and drains it on shutdown.
 
-A heartbeat is sent only after a successful load read, so a vLLM server that stops
-answering stops renewing its lease and leaves the pool within one lease: the pool's
+A heartbeat carries a load read within the last `stale_load_s`: a saturated vLLM answers
+its metrics late and keeps its lease on its last reading, while one that stops answering
+stops renewing and leaves the pool within `stale_load_s` plus one lease. The pool's
 active health check is the heartbeat itself.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -39,6 +41,8 @@ class AgentSettings:
     # Used until the pool answers Register with its own interval.
     heartbeat_s: float = 1.0
     retry_s: float = 1.0
+    # How long the last load reading stands in for one the engine did not answer in time.
+    stale_load_s: float = 3.0
 
 
 class ReplicaAgent:
@@ -52,7 +56,19 @@ class ReplicaAgent:
         self._settings = settings
         self._metadata = (("authorization", f"Bearer {settings.token}"),)
         self._interval = settings.heartbeat_s
+        self._load = pb.ReplicaLoad()
+        self._load_read_at = -math.inf
         self.registered = asyncio.Event()
+
+    @property
+    def load(self) -> pb.ReplicaLoad:
+        """The load read last from the engine (what the next heartbeat reports)."""
+        return self._load
+
+    @property
+    def load_age_s(self) -> float:
+        """Seconds since the load was read (inf before the first read)."""
+        return time.monotonic() - self._load_read_at
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._wait_healthy(stop)
@@ -95,6 +111,7 @@ class ReplicaAgent:
         while not stop.is_set():
             try:
                 load = await self._probe.load()
+                self._load, self._load_read_at = load, time.monotonic()
                 answer = await self._pool.Register(
                     pb.RegisterRequest(spec=spec, load=load), metadata=self._metadata
                 )
@@ -117,13 +134,22 @@ class ReplicaAgent:
             if await _wait(stop, self._settings.retry_s):
                 return
 
-    async def _beat(self, spec: pb.ReplicaSpec, stop: asyncio.Event) -> None:
+    async def _read_load(self) -> pb.ReplicaLoad | None:
+        """A fresh reading, else the last one while it is not stale, else None."""
         try:
-            load = await self._probe.load()
+            self._load = await self._probe.load()
         except Exception as exc:
-            # No heartbeat without a load: a dead engine lets its lease run out.
-            log.warning("reading %s's load failed: %s", spec.replica_id, exc)
-            return
+            if time.monotonic() - self._load_read_at > self._settings.stale_load_s:
+                log.warning("reading %s's load failed: %s", self._settings.replica_id, exc)
+                return None
+            return self._load
+        self._load_read_at = time.monotonic()
+        return self._load
+
+    async def _beat(self, spec: pb.ReplicaSpec, stop: asyncio.Event) -> None:
+        load = await self._read_load()
+        if load is None:
+            return  # no heartbeat without a load: a dead engine lets its lease run out
         try:
             await self._pool.Heartbeat(
                 pb.HeartbeatRequest(pool=spec.pool, replica_id=spec.replica_id, load=load),

@@ -55,6 +55,10 @@ class PoolBackend(Backend):
     def __repr__(self) -> str:
         return f"PoolBackend(pool={self._config.pool!r})"
 
+    @property
+    def view(self) -> PoolView:
+        return self._view
+
     async def chat(
         self, request: adapter_service_pb2.GenerateRequest, deadline: Deadline
     ) -> AsyncIterator[Batch]:
@@ -65,6 +69,7 @@ class PoolBackend(Backend):
                 continue
             replica.health.admit()
             replica.in_flight += 1
+            replica.calls += 1
             started = False
             verdict = False
             try:

@@ -21,6 +21,7 @@ class PoolReplica:
         self.backend = backend
         self.health = health
         self.in_flight = 0
+        self.calls = 0  # calls this router sent it (`imesh pool` and tests read it)
         self.removed = False  # left the pool; closed once its last call ends
 
     @property

@@ -48,7 +48,7 @@ def write_tiny_model(directory: Path) -> Path:
             "bos_token": BOS,
             "eos_token": EOS,
             "add_bos_token": False,
-            "model_max_length": 512,
+            "model_max_length": 4096,
             "chat_template": CHAT_TEMPLATE,
         },
     )
@@ -64,7 +64,7 @@ def write_tiny_model(directory: Path) -> Path:
             "num_key_value_heads": 1,
             "head_dim": 64,
             "vocab_size": VOCAB_SIZE,
-            "max_position_embeddings": 512,
+            "max_position_embeddings": 4096,
             "rms_norm_eps": 1e-5,
             "rope_theta": 10000.0,
             "hidden_act": "silu",
