@@ -80,13 +80,13 @@ container=$(docker run -d -p 127.0.0.1::8080 -p 127.0.0.1::50051 "$IMAGE" \
   up --listen 0.0.0.0:50051 --http 0.0.0.0:8080)
 http_port=$(docker port "$container" 8080/tcp | head -1 | sed 's/.*://')
 grpc_port=$(docker port "$container" 50051/tcp | head -1 | sed 's/.*://')
-"$PY" - "$http_port" "$grpc_port" <<'PYEOF' || { docker logs "$container" 2>&1 | tail -20; exit 1; }
-import sys, time
+"$PY" - "$http_port" "$grpc_port" "$container" <<'PYEOF' || { docker logs "$container" 2>&1 | tail -20; exit 1; }
+import subprocess, sys, time
 import httpx
 from imesh.client import SyncClient
 from imesh.v1 import chat_pb2
 
-http_port, grpc_port = sys.argv[1], sys.argv[2]
+http_port, grpc_port, container = sys.argv[1], sys.argv[2], sys.argv[3]
 base = f"http://127.0.0.1:{http_port}"
 for _ in range(120):
     try:
@@ -97,14 +97,18 @@ for _ in range(120):
     time.sleep(0.25)
 else:
     raise SystemExit("the edge in the container never answered /healthz")
+# The shipped config's demo tenant: its key is printed once at start.
+logs = subprocess.run(["docker", "logs", container], capture_output=True, text=True).stdout
+prefix = "demo key for tenant demo: "
+key = next(line[len(prefix):] for line in logs.splitlines() if line.startswith(prefix))
 body = {"model": "auto", "messages": [{"role": "user", "content": "hello"}]}
 resp = httpx.post(base + "/v1/chat/completions", json=body,
-                  headers={"authorization": "Bearer test"}, timeout=30)
+                  headers={"authorization": f"Bearer {key}"}, timeout=30)
 assert resp.status_code == 200, resp.text
 assert resp.json()["choices"][0]["message"]["content"], resp.text
 chat = chat_pb2.ChatInput(model="auto", messages=[chat_pb2.Message(
     role=chat_pb2.ROLE_USER, content=[chat_pb2.ContentPart(text="hello")])])
-with SyncClient(f"127.0.0.1:{grpc_port}", api_key="test") as client:
+with SyncClient(f"127.0.0.1:{grpc_port}", api_key=key) as client:
     answer = client.chat(chat)
 assert answer.message.content, answer
 print("test-image: the image answered over HTTP and gRPC")
