@@ -18,7 +18,7 @@ from adapters.http_errors import error_from_stream_event
 from adapters.json_body import JsonBody
 from adapters.openai_translate import float32
 from adapters.sse import SSEEvent
-from adapters.stream_translator import TranslatorState
+from adapters.stream_translator import TranslatorState, content_event, tool_call_event
 from imesh.errors import invalid_argument
 from imesh.v1 import chat_pb2, events_pb2
 
@@ -158,11 +158,9 @@ class AnthropicStreamTranslator(TranslatorState):
                 return
             call_index = sum(1 for i in self._tool_blocks.values() if i >= 0)
             self._tool_blocks[index] = call_index
-            piece = events_pb2.ToolCallDelta(
-                index=call_index, id=block.get("id") or "", name=block.get("name") or ""
-            )
-            self._seen.append(piece.name)
-            out.append(events_pb2.ChatEvent(tool_call=piece))
+            name = block.get("name") or ""
+            self._seen.append(name)
+            out.append(tool_call_event(call_index, id=block.get("id") or "", name=name))
 
     def _delta(self, index: int, delta: dict[str, Any], out: list[events_pb2.ChatEvent]) -> None:
         kind = delta.get("type")
@@ -177,14 +175,13 @@ class AnthropicStreamTranslator(TranslatorState):
                 self._text(partial, out)
                 return
             self._seen.append(partial)
-            piece = events_pb2.ToolCallDelta(index=call_index, arguments_delta=partial)
-            out.append(events_pb2.ChatEvent(tool_call=piece))
+            out.append(tool_call_event(call_index, arguments_delta=partial))
         # thinking, signature and citation deltas are not relayed.
 
     def _text(self, text: str, out: list[events_pb2.ChatEvent]) -> None:
         if text:
             self._seen.append(text)
-            out.append(events_pb2.ChatEvent(content=events_pb2.ContentDelta(text=text)))
+            out.append(content_event(text))
 
     def _take_usage(self, usage: dict[str, Any]) -> None:
         # message_delta counts are cumulative: a later value replaces an earlier one.

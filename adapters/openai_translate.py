@@ -11,7 +11,7 @@ import orjson
 from adapters.http_errors import error_from_stream_event
 from adapters.json_body import JsonBody
 from adapters.sse import SSEEvent
-from adapters.stream_translator import TranslatorState
+from adapters.stream_translator import TranslatorState, content_event, tool_call_event
 from adapters.token_estimate import TokenCounter
 from imesh.errors import invalid_argument
 from imesh.v1 import chat_pb2, events_pb2
@@ -146,18 +146,21 @@ class OpenAIStreamTranslator(TranslatorState):
             text = delta.get(key)
             if text:
                 self._seen.append(text)
-                out.append(events_pb2.ChatEvent(content=events_pb2.ContentDelta(text=text)))
+                out.append(content_event(text))
         for call in delta.get("tool_calls") or ():
             function = call.get("function") or {}
-            piece = events_pb2.ToolCallDelta(
-                index=int(call.get("index") or 0),
-                id=call.get("id") or "",
-                name=function.get("name") or "",
-                arguments_delta=function.get("arguments") or "",
-            )
+            name = function.get("name") or ""
+            arguments = function.get("arguments") or ""
             self._tool_calls = True
-            self._seen.extend((piece.name, piece.arguments_delta))
-            out.append(events_pb2.ChatEvent(tool_call=piece))
+            self._seen.extend((name, arguments))
+            out.append(
+                tool_call_event(
+                    int(call.get("index") or 0),
+                    id=call.get("id") or "",
+                    name=name,
+                    arguments_delta=arguments,
+                )
+            )
         reason = choice.get("finish_reason")
         if reason:
             self._finish = FINISH_REASONS.get(reason, events_pb2.FINISH_REASON_STOP)
