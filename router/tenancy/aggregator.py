@@ -21,10 +21,13 @@ GROUP = "imesh-aggregator"
 
 
 class UsageAggregator:
-    """Lifecycle: build, then `run()` as a task until cancelled (or call `step()` by hand).
+    """Lifecycle: build over a client it then owns, `run()` as a task until cancelled (or
+    call `step()` by hand), `aclose()` at the end.
     Restartable: a new aggregator picks up what a crashed one read but never acknowledged
     (its own pending entries, and other consumers' entries idle for `claim_idle_s`).
     Several may run at once (one per router): the group gives each event to one of them.
+    Its client's socket timeout must outlast `block_s` (a blocking read waits that long):
+    give it a client of its own, not the request path's fail-fast one.
     """
 
     def __init__(
@@ -65,15 +68,26 @@ class UsageAggregator:
 
     async def run(self) -> None:
         backoff = 0.1
+        down = False
         while True:
             try:
                 await self.step(block=True)
-                backoff = 0.1
             except UNREACHABLE as exc:
-                log.warning("usage aggregator: Redis unreachable (%s); retrying", exc)
+                if not down:  # once per outage, not once per retry
+                    log.warning("usage aggregator: Redis unreachable (%s); retrying", exc)
+                    down = True
                 self._group_ready = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+                continue
+            if down:
+                log.warning("usage aggregator: Redis reachable again")
+                down = False
+            backoff = 0.1
+
+    async def aclose(self) -> None:
+        """Closes the client (the aggregator owns the one it was given)."""
+        await self._redis.aclose()
 
     async def _ensure_group(self) -> None:
         if self._group_ready:

@@ -35,6 +35,9 @@ from router.tenancy.usage_recording import UsageRecorder
 from router.tenancy.usage_service import TenantUsageAPI, UsageServicer
 from router.tenancy.usage_store import MemoryUsage, RedisUsageReader, UsageReader
 
+# How long the aggregator's read waits for new events before it looks again.
+AGGREGATOR_BLOCK_S = 1.0
+
 
 @dataclass(eq=False)
 class Tenancy:
@@ -127,8 +130,15 @@ class Tenancy:
             )
             usage = RedisUsageReader(redis_client, namespace=u.namespace)
             if u.aggregate:
+                # Its own client: a blocking read outlasts the request path's fail-fast timeout.
+                aggregator_client = connect(
+                    settings.redis_url.resolve(), settings.redis_timeout_s + AGGREGATOR_BLOCK_S
+                )
                 aggregator = UsageAggregator(
-                    redis_client, namespace=u.namespace, dedupe_ttl_s=u.dedupe_ttl_s
+                    aggregator_client,
+                    namespace=u.namespace,
+                    dedupe_ttl_s=u.dedupe_ttl_s,
+                    block_s=AGGREGATOR_BLOCK_S,
                 )
         else:
             # One process holds everything: a fresh secret per run is as good as any.
@@ -174,6 +184,8 @@ class Tenancy:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._aggregator is not None:
+            await self._aggregator.aclose()
         await self.admitter.aclose()
         await self.sink.aclose()
         if self._spill is not None:

@@ -4,6 +4,7 @@ a revoke reaches a second router, and a tenant sees its own usage only."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -190,3 +191,11 @@ async def test_each_tenant_sees_its_own_usage_and_no_other(routers: list[Router]
         usage_service_pb2.GetUsageRequest(tenant="team-b"), metadata=bearer(ADMIN)
     )
     assert (by_admin.tenant, by_admin.total.prompt_tokens) == ("team-b", 50)
+
+
+async def test_the_aggregators_blocking_reads_are_not_mistaken_for_an_outage(
+    routers: list[Router], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="router.tenancy")
+    await asyncio.sleep(2.5)  # more than one blocking read, each longer than redis_timeout_s
+    assert [r.getMessage() for r in caplog.records] == []
