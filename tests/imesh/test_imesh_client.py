@@ -18,8 +18,9 @@ import grpc
 import pytest
 
 import imesh
-from adapters.backend import Backend
+from adapters.backend import Backend, Batch
 from adapters.config import SimulatedConfig
+from adapters.deadline import Deadline
 from adapters.simulated import SimulatedBackend
 from imesh.v1 import adapter_service_pb2, chat_pb2, events_pb2
 from router.config import parse_config
@@ -37,12 +38,12 @@ class SignallingBackend(SimulatedBackend):
         self.cancelled = asyncio.Event()
 
     async def chat(
-        self, request: adapter_service_pb2.GenerateRequest, deadline: float | None
-    ) -> AsyncIterator[events_pb2.ChatEvent]:
+        self, request: adapter_service_pb2.GenerateRequest, deadline: Deadline
+    ) -> AsyncIterator[Batch]:
         try:
-            async with contextlib.aclosing(super().chat(request, deadline)) as events:  # type: ignore[type-var]
-                async for event in events:
-                    yield event
+            async with contextlib.aclosing(super().chat(request, deadline)) as batches:  # type: ignore[type-var]
+                async for batch in batches:
+                    yield batch
         finally:
             if self.calls_cancelled:
                 self.cancelled.set()
