@@ -14,8 +14,6 @@ say a caller's typo, is "unknown"), a deployment label a configured deployment, 
 
 from __future__ import annotations
 
-import math
-from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -25,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from imesh.errors import Reason, classify
 from router.breaker import BreakerState, CircuitBreaker
+from router.loop_histogram import LoopHistogram
 from router.recorder import AttemptKind, AttemptRecord, RequestOutcome, RequestRecord
 from router.stats import StatsRegistry
 
@@ -49,27 +48,8 @@ _RATE_LIMIT_REASONS = frozenset(
 _SHED_REASONS = frozenset({Reason.OVERLOADED})
 
 
-class _Histogram:
-    """Bucket counts and a sum, updated without locks (one event loop owns them)."""
-
-    __slots__ = ("bounds", "counts", "total")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf)
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
-            running += count
-            out.append(("+Inf" if math.isinf(bound) else str(float(bound)), running))
-        return out
+# Duration, time to first token and time per output token of one (model, deployment).
+_Answered = tuple[LoopHistogram, LoopHistogram, LoopHistogram]
 
 
 def _add(counts: dict[tuple[str, ...], float], key: tuple[str, ...], amount: float = 1) -> None:
@@ -114,8 +94,10 @@ class RouterMetrics(Collector):
         self._shed: dict[tuple[str, ...], float] = {}
         self._limited: dict[tuple[str, ...], float] = {}
         # Histograms by (model, deployment) of answered requests; overhead of every request.
-        self._answered: dict[tuple[str, str], tuple[_Histogram, _Histogram, _Histogram]] = {}
-        self._overhead = _Histogram(OVERHEAD_BUCKETS)
+        self._answered: dict[
+            tuple[str, str], tuple[LoopHistogram, LoopHistogram, LoopHistogram]
+        ] = {}
+        self._overhead = LoopHistogram(OVERHEAD_BUCKETS)
         registry.register(self)
 
     # -- the sink --------------------------------------------------------------------
@@ -164,9 +146,9 @@ class RouterMetrics(Collector):
         answered = self._answered.get((model, deployment))
         if answered is None:
             answered = self._answered[(model, deployment)] = (
-                _Histogram(DURATION_BUCKETS),
-                _Histogram(TTFT_BUCKETS),
-                _Histogram(TPOT_BUCKETS),
+                LoopHistogram(DURATION_BUCKETS),
+                LoopHistogram(TTFT_BUCKETS),
+                LoopHistogram(TPOT_BUCKETS),
             )
         duration, ttft_hist, tpot = answered
         duration.observe(record.latency_s)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import time
-from bisect import bisect_left
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +19,8 @@ import grpc
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from router.loop_histogram import LoopHistogram
 
 _UNMEASURED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -39,7 +39,7 @@ class GrpcServerMetrics(_ServerInterceptor, Collector):
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._handled: dict[tuple[str, str], int] = {}
-        self._seconds: dict[str, tuple[list[int], list[float]]] = {}
+        self._seconds: dict[str, LoopHistogram] = {}
         registry.register(self)
 
     async def intercept_service(
@@ -102,11 +102,10 @@ class GrpcServerMetrics(_ServerInterceptor, Collector):
             name = "OK"
         key = (method, name)
         self._handled[key] = self._handled.get(key, 0) + 1
-        series = self._seconds.get(method)
-        if series is None:
-            series = self._seconds[method] = ([0] * (len(BUCKETS) + 1), [0.0])
-        series[0][bisect_left(BUCKETS, seconds)] += 1
-        series[1][0] += seconds
+        histogram = self._seconds.get(method)
+        if histogram is None:
+            histogram = self._seconds[method] = LoopHistogram(BUCKETS)
+        histogram.observe(seconds)
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         handled = CounterMetricFamily(
@@ -122,11 +121,6 @@ class GrpcServerMetrics(_ServerInterceptor, Collector):
             "Time from a call's arrival to its end (a stream's last message).",
             labels=("method",),
         )
-        for method, (counts, total) in self._seconds.items():
-            running = 0
-            buckets: list[tuple[str, float]] = []
-            for bound, count in zip((*BUCKETS, math.inf), counts, strict=True):
-                running += count
-                buckets.append(("+Inf" if math.isinf(bound) else str(float(bound)), running))
-            seconds.add_metric((method,), buckets, total[0])
+        for method, histogram in self._seconds.items():
+            seconds.add_metric((method,), histogram.cumulative(), histogram.total)
         yield seconds

@@ -27,28 +27,19 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import CollectorRegistry, disable_created_metrics
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from router.cli.grpc_metrics import GrpcServerMetrics
+from router.cli.metrics_port import start_metrics_port
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
-    from adapters.backend import Backend
     from gateway.metrics import EdgeObservability
-    from router.config import MeshConfig
-    from router.metrics import RouterMetrics
-    from router.recorder import RecordSink
-    from router.service import ChatRouter
-    from router.tenancy.tenancy import Tenancy
-    from router.tracing import RouterTracer
 
 log = logging.getLogger(__name__)
 
 _EXPORTERS = frozenset({"otlp", "console"})
-# Seconds a scraper gets to send its request head.
-READ_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,18 +97,11 @@ class Telemetry:
 
     async def serve_metrics(self, listen: str) -> int:
         """Serve `GET /metrics` on `listen` ("host:port"; port 0 picks one) on the running
-        loop, and return the bound port (0 when metrics are off: nothing is served).
-
-        On the loop, not in a thread: a scrape reads the router's breakers and counters
-        between two steps of the request path, never in the middle of one."""
+        loop (router.cli.metrics_port), and return the bound port (0 when metrics are off:
+        nothing is served)."""
         if self.registry is None:
             return 0
-        host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"metrics address must be HOST:PORT, got {listen!r}")
-        server = await asyncio.start_server(
-            _MetricsHandler(self.registry), host.strip("[]"), int(port)
-        )
+        server = await start_metrics_port(self.registry, listen)
         self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
@@ -135,39 +119,6 @@ class Telemetry:
         if self._provider is not None:
             self._provider.shutdown()  # flushes what the batch processor still holds
             self._provider = None
-
-
-class _MetricsHandler:
-    """One HTTP/1.1 exchange per connection: `GET /metrics` gets the registry in the
-    Prometheus text format, anything else a 404; then the connection closes."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
-
-    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(READ_TIMEOUT_S):
-                head = await reader.readuntil(b"\r\n\r\n")
-            method, _, rest = head.partition(b" ")
-            path = rest.partition(b" ")[0].partition(b"?")[0]
-            if method == b"GET" and path == b"/metrics":
-                status, ctype, body = (
-                    b"200 OK",
-                    CONTENT_TYPE_LATEST.encode(),
-                    generate_latest(self._registry),
-                )
-            else:
-                status, ctype, body = b"404 Not Found", b"text/plain", b"not found\n"
-            writer.write(
-                b"HTTP/1.1 %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
-                b"connection: close\r\n\r\n" % (status, ctype, len(body))
-            )
-            writer.write(body)
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
-            pass  # a half-open or garbled connection: drop it
-        finally:
-            writer.close()
 
 
 def start_telemetry(service: str, env: Mapping[str, str]) -> Telemetry:
@@ -280,51 +231,3 @@ def _otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
     raise ValueError(
         f"OTEL_EXPORTER_OTLP_PROTOCOL: unsupported protocol {protocol!r} (grpc, http/protobuf)"
     )
-
-
-@dataclass(frozen=True, slots=True)
-class RouterObservers:
-    """What watches a router: its record sinks (metrics, the request log) and its tracer."""
-
-    sinks: tuple[RecordSink, ...]
-    tracer: RouterTracer | None
-    metrics: RouterMetrics | None
-
-    def watch(
-        self, router: ChatRouter, backends: Mapping[str, Backend], tenancy: Tenancy | None
-    ) -> None:
-        """Expose the router's live state at scrape time: breakers, attempts in flight,
-        tenancy's Redis and limits, and the replicas of the GPU pools its backends watch."""
-        if self.metrics is None:
-            return
-        self.metrics.watch(router.breakers, router.stats)
-        if tenancy is not None:
-            self.metrics.watch_tenancy(tenancy.limiter, tenancy.admitter)
-        from vllm_pool.backend import PoolBackend
-        from vllm_pool.metrics import PoolReplicaCollector
-
-        views = [b.view for b in backends.values() if isinstance(b, PoolBackend)]
-        if views:
-            self.metrics.registry.register(PoolReplicaCollector(views))
-
-
-def router_observers(
-    config: MeshConfig, telemetry: Telemetry, env: Mapping[str, str]
-) -> RouterObservers:
-    """Sinks and tracer for a router built from `config`. IMESH_LOG_CONTENT=1 lets the
-    request log carry error messages (they may quote a prompt): for debugging only."""
-    from router.metrics import RouterMetrics
-    from router.request_log import RequestLog
-    from router.tracing import RouterTracer
-
-    metrics = None
-    if telemetry.registry is not None:
-        metrics = RouterMetrics(
-            telemetry.registry,
-            models=config.aliases,
-            deployments=[d.name for d in config.deployments],
-            tenant_label=config.metrics.tenant_label,
-        )
-    request_log = RequestLog(content=env.get("IMESH_LOG_CONTENT") == "1")
-    sinks: tuple[RecordSink, ...] = (request_log,) if metrics is None else (metrics, request_log)
-    return RouterObservers(sinks, RouterTracer() if telemetry.tracing else None, metrics)

@@ -105,11 +105,8 @@ async def serve_mesh(
     """Router on `listen`, plus the REST edge on `http` and `GET /metrics` on `metrics`
     when given, until SIGTERM/SIGINT. Telemetry follows IMESH_METRICS and OTEL_*."""
     from adapters.registry import build_backends
-    from router.cli.telemetry import (
-        router_observers,
-        serve_metrics_or_exit,
-        start_telemetry_or_exit,
-    )
+    from router.cli.observers import router_observers
+    from router.cli.telemetry import serve_metrics_or_exit, start_telemetry_or_exit
     from router.cli.tenancy_setup import start_tenancy
     from router.server import start_router_server
     from router.service import ChatRouter
