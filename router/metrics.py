@@ -14,7 +14,7 @@ say a caller's typo, is "unknown"), a deployment label a configured deployment, 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
@@ -262,10 +262,16 @@ class RouterMetrics(Collector):
 
     # -- outside the record path -----------------------------------------------------
 
-    def watch(self, breakers: Mapping[str, CircuitBreaker], stats: StatsRegistry) -> None:
-        """Expose the breakers' states and transitions and the attempts in flight per
-        deployment, read at scrape time."""
-        self.registry.register(_LiveState(breakers, stats))
+    def watch(
+        self,
+        breakers: Mapping[str, CircuitBreaker],
+        stats: StatsRegistry,
+        requests_in_flight: Callable[[], int] | None = None,
+    ) -> None:
+        """Expose the breakers' states and transitions, the attempts in flight per
+        deployment and the requests in flight on the router (what an autoscaler of routers
+        follows), read at scrape time."""
+        self.registry.register(_LiveState(breakers, stats, requests_in_flight))
 
     def watch_tenancy(self, limiter: FallbackLimiter, admitter: TenantAdmitter) -> None:
         """Expose Redis health as tenancy met it and each tenant's remaining share of its
@@ -292,9 +298,15 @@ _STATES: tuple[BreakerState, ...] = tuple(BreakerState)
 class _LiveState(Collector):
     """Scrape-time view of the router's breakers and in-flight attempts."""
 
-    def __init__(self, breakers: Mapping[str, CircuitBreaker], stats: StatsRegistry) -> None:
+    def __init__(
+        self,
+        breakers: Mapping[str, CircuitBreaker],
+        stats: StatsRegistry,
+        requests_in_flight: Callable[[], int] | None,
+    ) -> None:
         self._breakers = breakers
         self._stats = stats
+        self._requests_in_flight = requests_in_flight
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         state = GaugeMetricFamily(
@@ -323,6 +335,12 @@ class _LiveState(Collector):
         yield state
         yield transitions
         yield in_flight
+        if self._requests_in_flight is not None:
+            yield GaugeMetricFamily(
+                "imesh_router_in_flight_requests",
+                "Requests the router holds now, from admission to their last event.",
+                value=self._requests_in_flight(),
+            )
 
 
 class _TenancyState(Collector):

@@ -33,7 +33,8 @@ class RouterObservers:
         tenancy's Redis and limits, and the replicas of the GPU pools its backends watch."""
         if self.metrics is None:
             return
-        self.metrics.watch(router.breakers, router.stats)
+        limiter = router.limiter
+        self.metrics.watch(router.breakers, router.stats, lambda: limiter.in_flight)
         if tenancy is not None:
             self.metrics.watch_tenancy(tenancy.limiter, tenancy.admitter)
         from vllm_pool.backend import PoolBackend

@@ -414,13 +414,15 @@ async def test_a_scripted_scenario_moves_the_metrics_exactly() -> None:
         registry, models=config.aliases, deployments=[d.name for d in config.deployments]
     )
     router = ChatRouter(config, backends, sinks=[m], admitters=[gate])
-    m.watch(router.breakers, router.stats)
+    m.watch(router.breakers, router.stats, lambda: router.limiter.in_flight)
+
+    held: list[float | None] = []  # requests in flight, seen while a stream is open
 
     async def step(model: str) -> dict[str, float]:
         before = snapshot(registry)
         with contextlib.suppress(MeshError):
             async for _ in router.chat_batches(user_input(model), CallContext()):
-                pass
+                held.append(registry.get_sample_value("imesh_router_in_flight_requests"))
         return delta(before, snapshot(registry))
 
     try:
@@ -432,6 +434,9 @@ async def test_a_scripted_scenario_moves_the_metrics_exactly() -> None:
     finally:
         await router.aclose()
 
+    assert held
+    assert set(held) == {1.0}
+    assert registry.get_sample_value("imesh_router_in_flight_requests") == 0
     ok = "outcome=success"
     assert retried == {
         "imesh_attempts_total{deployment=dep-a,kind=primary,outcome=failure}": 1,
