@@ -45,7 +45,7 @@ class _Tenancy:
 def exported_names() -> set[str]:
     registry = CollectorRegistry()
     metrics = RouterMetrics(registry, models=["m"], deployments=["d"])
-    metrics.watch({"d": CircuitBreaker(BreakerConfig())}, StatsRegistry())
+    metrics.watch({"d": CircuitBreaker(BreakerConfig())}, StatsRegistry(), lambda: 0)
     metrics.watch_tenancy(_Tenancy(), _Tenancy())  # type: ignore[arg-type]
     EdgeMetrics(registry)
     AdapterMetrics(registry)
