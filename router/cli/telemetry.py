@@ -148,6 +148,7 @@ def start_telemetry_or_exit(service: str) -> Telemetry:
 async def serve_metrics_or_exit(telemetry: Telemetry, listen: str) -> None:
     """Serve /metrics on `listen` and say where; exits 2 when it cannot listen there."""
     if telemetry.registry is None:
+        print(f"metrics are off (IMESH_METRICS=0): nothing served on {listen}", file=sys.stderr)
         return
     try:
         port = await telemetry.serve_metrics(listen)
