@@ -55,14 +55,20 @@ class RouterTracer:
     def start_request(self, scope: RequestScope) -> None:
         if not self.enabled:
             return
+        request = scope.request
+        attributes: dict[str, str | int | float] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": scope.model,
+            "imesh.request_id": scope.request_id,
+        }
+        if request.HasField("max_tokens"):
+            attributes["gen_ai.request.max_tokens"] = request.max_tokens
+        if request.HasField("temperature"):
+            attributes["gen_ai.request.temperature"] = request.temperature
+        if request.HasField("top_p"):
+            attributes["gen_ai.request.top_p"] = request.top_p
         scope.span = self._tracer.start_span(
-            f"chat {scope.model}",
-            kind=trace.SpanKind.INTERNAL,
-            attributes={
-                "gen_ai.operation.name": "chat",
-                "gen_ai.request.model": scope.model,
-                "imesh.request_id": scope.request_id,
-            },
+            f"chat {scope.model}", kind=trace.SpanKind.INTERNAL, attributes=attributes
         )
 
     def attempt_context(self, attempt: Attempt) -> contextvars.Context | None:

@@ -61,7 +61,8 @@ def build(
 
 
 async def drain(router: ChatRouter, model: str) -> None:
-    async for _ in router.chat_batches(user_input(model), CallContext(request_id="rid-1")):
+    request = user_input(model, max_tokens=64, temperature=0.5)
+    async for _ in router.chat_batches(request, CallContext(request_id="rid-1")):
         pass
 
 
@@ -108,6 +109,8 @@ async def test_a_hedge_that_wins_and_the_primary_that_loses_are_children_of_the_
     assert attrs(request)["gen_ai.usage.output_tokens"] == 1
     assert attrs(request)["gen_ai.response.finish_reasons"] == ("stop",)
     assert attrs(request)["imesh.request_id"] == "rid-1"
+    assert attrs(request)["gen_ai.request.max_tokens"] == 64
+    assert attrs(request)["gen_ai.request.temperature"] == 0.5
     assert attrs(hedge)["gen_ai.response.model"] == "dep-b-model"
     assert attrs(hedge)["gen_ai.usage.input_tokens"] == 10
     assert request.status.status_code is trace.StatusCode.UNSET
