@@ -10,17 +10,20 @@ request, when its response has ended (a stream included), never per chunk.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from router.loop_histogram import LoopHistogram
 
 # Route labels: the edge's fixed paths; anything else is "other" (never the raw path).
 _ROUTES: dict[str, str] = {
@@ -33,7 +36,6 @@ _ROUTES: dict[str, str] = {
 _MODEL_PREFIX = "/v1/models/"
 # Seconds: from a cache hit to a long stream.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 
 def route_label(path: str) -> str:
@@ -44,41 +46,47 @@ def route_label(path: str) -> str:
     return "model" if path.startswith(_MODEL_PREFIX) else "other"
 
 
-class EdgeMetrics:
-    """The edge's metric families, registered once on the process's registry."""
+class EdgeMetrics(Collector):
+    """The edge's figures, as plain numbers rendered when Prometheus scrapes (registered
+    once on the process's registry). The requests and the scrape (`/metrics`, or the
+    metrics port in `imesh up`) share the event loop, so no lock is needed."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "imesh_edge_requests",
-            "HTTP requests answered by the REST edge, by route and status code.",
-            ("route", "code"),
-            registry=registry,
-        )
-        self.duration = Histogram(
-            "imesh_edge_request_duration_seconds",
-            "Time from a request's arrival to its response's last byte (a stream's end).",
-            ("route",),
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.in_flight = Gauge(
-            "imesh_edge_in_flight_requests",
-            "HTTP requests the edge is answering now (open streams included).",
-            registry=registry,
-        )
-        # Children per (route, code), made once: labels() validates and locks on each call.
-        self._counted: dict[tuple[str, int], Any] = {}
-        self._timed: dict[str, Any] = {}
+        self.in_flight = 0
+        self._answered: dict[tuple[str, str], int] = {}
+        self._durations: dict[str, LoopHistogram] = {}
+        registry.register(self)
 
     def observe(self, route: str, code: int, seconds: float) -> None:
-        counter = self._counted.get((route, code))
-        if counter is None:
-            counter = self._counted[(route, code)] = self.requests.labels(route, str(code))
-        counter.inc()
-        histogram = self._timed.get(route)
+        key = (route, str(code))
+        self._answered[key] = self._answered.get(key, 0) + 1
+        histogram = self._durations.get(route)
         if histogram is None:
-            histogram = self._timed[route] = self.duration.labels(route)
+            histogram = self._durations[route] = LoopHistogram(DURATION_BUCKETS)
         histogram.observe(seconds)
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily | GaugeMetricFamily]:
+        answered = CounterMetricFamily(
+            "imesh_edge_requests",
+            "HTTP requests answered by the REST edge, by route and status code.",
+            labels=("route", "code"),
+        )
+        for key, count in self._answered.items():
+            answered.add_metric(key, count)
+        yield answered
+        durations = HistogramMetricFamily(
+            "imesh_edge_request_duration_seconds",
+            "Time from a request's arrival to its response's last byte (a stream's end).",
+            labels=("route",),
+        )
+        for route, histogram in self._durations.items():
+            durations.add_metric((route,), histogram.cumulative(), histogram.total)
+        yield durations
+        yield GaugeMetricFamily(
+            "imesh_edge_in_flight_requests",
+            "HTTP requests the edge is answering now (open streams included).",
+            value=self.in_flight,
+        )
 
 
 class _HeaderGetter(Getter[list[tuple[bytes, bytes]]]):
@@ -129,7 +137,7 @@ class EdgeTelemetry:
         t0 = time.perf_counter()
         metrics = self._metrics
         if metrics is not None:
-            metrics.in_flight.inc()
+            metrics.in_flight += 1
         try:
             if self._tracer is None:
                 await self._app(scope, receive, observed_send)
@@ -137,7 +145,7 @@ class EdgeTelemetry:
                 await self._traced(scope, receive, observed_send, route, lambda: status)
         finally:
             if metrics is not None:
-                metrics.in_flight.dec()
+                metrics.in_flight -= 1
                 # 499: the caller left before any response (nginx's convention).
                 metrics.observe(route, status or 499, time.perf_counter() - t0)
 
