@@ -6,10 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from adapters.http_errors import error_from_stream_event
 from adapters.json_body import JsonBody
+from adapters.openai_chunks import Choice, decode_chunk
 from adapters.sse import SSEEvent
 from adapters.stream_translator import TranslatorState, content_event, tool_call_event
 from adapters.token_estimate import TokenCounter
@@ -121,10 +120,8 @@ class OpenAIStreamTranslator(TranslatorState):
         if event.data == b"[DONE]":
             self._done = True
             return
-        chunk = orjson.loads(event.data)
-        if not isinstance(chunk, dict):
-            raise ValueError("chunk is not an object")
-        error = chunk.get("error")
+        chunk = decode_chunk(event.data)
+        error = chunk.error
         if error:
             detail = error if isinstance(error, dict) else {"message": str(error)}
             raise error_from_stream_event(
@@ -133,37 +130,34 @@ class OpenAIStreamTranslator(TranslatorState):
                 str(detail.get("message") or ""),
                 secrets=self._secrets,
             )
-        usage = chunk.get("usage")
-        if usage:
-            self._usage = usage_from_openai(usage)
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) == 0:
+        if chunk.usage:
+            self._usage = usage_from_openai(chunk.usage)
+        for choice in chunk.choices or ():
+            if not choice.index:  # choice 0 (an absent index is 0)
                 self._choice(choice, out)
 
-    def _choice(self, choice: dict[str, Any], out: list[events_pb2.ChatEvent]) -> None:
-        delta = choice.get("delta") or {}
-        for key in ("content", "refusal"):
-            text = delta.get(key)
-            if text:
-                self._seen.append(text)
-                out.append(content_event(text))
-        for call in delta.get("tool_calls") or ():
-            function = call.get("function") or {}
-            name = function.get("name") or ""
-            arguments = function.get("arguments") or ""
-            self._tool_calls = True
-            self._seen.extend((name, arguments))
-            out.append(
-                tool_call_event(
-                    int(call.get("index") or 0),
-                    id=call.get("id") or "",
-                    name=name,
-                    arguments_delta=arguments,
+    def _choice(self, choice: Choice, out: list[events_pb2.ChatEvent]) -> None:
+        delta = choice.delta
+        if delta is not None:
+            if delta.content:
+                self._seen.append(delta.content)
+                out.append(content_event(delta.content))
+            if delta.refusal:
+                self._seen.append(delta.refusal)
+                out.append(content_event(delta.refusal))
+            for call in delta.tool_calls or ():
+                function = call.function
+                name = (function.name if function else None) or ""
+                arguments = (function.arguments if function else None) or ""
+                self._tool_calls = True
+                self._seen.extend((name, arguments))
+                out.append(
+                    tool_call_event(
+                        call.index or 0, id=call.id or "", name=name, arguments_delta=arguments
+                    )
                 )
-            )
-        reason = choice.get("finish_reason")
-        if reason:
-            self._finish = FINISH_REASONS.get(reason, events_pb2.FINISH_REASON_STOP)
+        if choice.finish_reason:
+            self._finish = FINISH_REASONS.get(choice.finish_reason, events_pb2.FINISH_REASON_STOP)
 
     async def final_events(self) -> list[events_pb2.ChatEvent]:
         return [

@@ -15,6 +15,10 @@ import pytest
 from adapters.config import OpenAIConfig
 from adapters.deadline import NO_DEADLINE, Deadline
 from adapters.openai_chat import OpenAIChatBackend
+from adapters.openai_translate import OpenAIStreamTranslator
+from adapters.sse import SSEEvent
+from adapters.token_estimate import TokenCounter
+from imesh.errors import Reason
 from imesh.v1 import chat_pb2, events_pb2
 from tests.adapters.fakes.helpers import (
     SECRET_KEY,
@@ -499,3 +503,25 @@ async def test_tool_choice_without_tools_is_not_sent(fake: FakeProvider, make: M
     body = fake.requests[0].json()
     assert "tool_choice" not in body  # OpenAI answers 400 to tool_choice without tools
     assert "tools" not in body
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"choices": [null]}',
+        b'{"choices": [{"index": 0, "delta": {"content": 5}}]}',
+        b'{"choices": [{"index": 0, "delta": {"tool_calls": [{"function": "f"}]}}]}',
+        b'{"usage": [3]}',
+    ],
+)
+def test_a_chunk_of_the_wrong_shape_is_upstream_malformed(data: bytes) -> None:
+    translator = OpenAIStreamTranslator(
+        generate().input, TokenCounter("o200k_base"), provider="openai", secrets=()
+    )
+    good = b'{"choices": [{"index": 0, "delta": {"content": "Hi"}}]}'
+    events, failure = translator.translate([SSEEvent("message", good), SSEEvent("message", data)])
+    assert [e.content.text for e in events] == ["Hi"]  # the events before it are kept
+    assert failure is not None
+    assert failure.reason is Reason.UPSTREAM_MALFORMED
