@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+import grpc
 import pytest
 
 from adapters.config import OpenAICompatibleConfig
-from adapters.deadline import NO_DEADLINE
+from adapters.deadline import NO_DEADLINE, Deadline
 from adapters.openai_compatible import OpenAICompatibleBackend
+from imesh.errors import MeshError
+from imesh.v1 import events_pb2
 from tests.adapters.fakes.helpers import collect_batches, generate, kinds
 from tests.adapters.fakes.server import FakeProvider, Reply
 
@@ -50,3 +53,22 @@ async def test_the_first_event_is_never_held_back_behind_later_reads(
     first = await asyncio.wait_for(anext(stream), 1.0)
     assert [e.content.text for e in first] == ["Hello"]
     await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_stream_handed_to_another_task_keeps_its_one_timer(
+    fake: FakeProvider, make: Make
+) -> None:
+    # The router reads the first batch in the attempt task and the rest in the request
+    # task: the call's deadline must still end it, in the task that reads then.
+    fake.enqueue(Reply.cassette("openai/stream_text", burst=2, stall_after_events=0))
+    stream = make().chat(generate(), Deadline.after(0.3))
+    first = await asyncio.create_task(anext(stream))
+    assert [e.content.text for e in first] == ["Hello"]
+
+    async def rest() -> list[list[events_pb2.ChatEvent]]:
+        return [batch async for batch in stream]
+
+    with pytest.raises(MeshError) as caught:
+        await asyncio.wait_for(asyncio.create_task(rest()), 5.0)
+    assert caught.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert caught.value.usage is not None
