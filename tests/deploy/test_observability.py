@@ -118,10 +118,16 @@ def test_the_kustomization_renders_monitor_rules_and_dashboard() -> None:
     out = subprocess.run(
         [kubectl, "kustomize", str(HERE)], capture_output=True, text=True, check=True, timeout=60
     ).stdout
-    docs = {d["kind"]: d for d in yaml.safe_load_all(out) if d}
-    assert {"PodMonitor", "PrometheusRule", "ConfigMap"} <= docs.keys()
+    rendered = [d for d in yaml.safe_load_all(out) if d]
+    docs = {d["kind"]: d for d in rendered}
+    assert {"PodMonitor", "PrometheusRule", "ConfigMap", "NetworkPolicy"} <= docs.keys()
     config_map = docs["ConfigMap"]
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     json.loads(config_map["data"]["imesh-dashboard.json"])
-    ports = {e["port"] for e in docs["PodMonitor"]["spec"]["podMetricsEndpoints"]}
+    monitors = {d["metadata"]["name"]: d["spec"] for d in rendered if d["kind"] == "PodMonitor"}
+    # Sidecar routers live in their callers' namespaces: found by label anywhere.
+    routers = monitors["inference-mesh-routers"]
+    assert routers["namespaceSelector"] == {"any": True}
+    assert routers["selector"]["matchLabels"] == {"imesh.dev/router": "true"}
+    ports = {e["port"] for e in monitors["inference-mesh-services"]["podMetricsEndpoints"]}
     assert ports == {"metrics", "http"}
