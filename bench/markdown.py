@@ -72,18 +72,21 @@ def to_markdown(report: BenchReport, results: Sequence[TargetResult]) -> str:
         "",
         "Added: minus the upstream called directly. CPU: the subject's own server process, "
         "read from /proc over the measured window (the direct row shows the upstream's). "
-        "RSS: that process, per round.",
+        "RSS: that process, per round. Core wait: what that process waited, ready to run, "
+        "while something else ran on its core (schedstat), per request at concurrency 1: "
+        "other work on the machine, paid in latency.",
         "",
-        "| subject | p50 ms | added p50 | added p99 | RPS @c | CPU ms/req @c | TTFT p50 ms "
-        "| added TTFT | CPU µs/token | RSS idle MiB | RSS under load | RSS after |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |",
+        "| subject | p50 ms | added p50 | added p99 | core wait ms/req @1 | RPS @c "
+        "| CPU ms/req @c | TTFT p50 ms | added TTFT | CPU µs/token | RSS idle MiB "
+        "| RSS under load | RSS after |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |",
     ]
     for subject in report.subjects:
         f = figures[subject.key]
         lines.append(
             f"| {subject.name} | {_f(f.latency_p50)} | {_added(f.latency_p50, base.latency_p50)} "
-            f"| {_added(f.latency_p99, base.latency_p99)} | {_f(f.rps, 0)} "
-            f"| {_f(f.cpu_ms_per_request)} | {_f(f.ttft_p50)} "
+            f"| {_added(f.latency_p99, base.latency_p99)} | {_f(f.wait_ms_per_request)} "
+            f"| {_f(f.rps, 0)} | {_f(f.cpu_ms_per_request)} | {_f(f.ttft_p50)} "
             f"| {_added(f.ttft_p50, base.ttft_p50)} | {_f(f.cpu_us_per_token, 1)} "
             f"| {_rss(f.rss_idle)} | {_rss(f.rss_peak)} | {_rss(f.rss_after)} |"
         )
@@ -91,9 +94,9 @@ def to_markdown(report: BenchReport, results: Sequence[TargetResult]) -> str:
         "",
         "## Per round",
         "",
-        "| subject | round | p50 ms | p99 ms | RPS @c | CPU ms/req @c | TTFT p50 ms "
-        "| CPU µs/token | RSS idle / load / after MiB | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        "| subject | round | p50 ms | p99 ms | core wait ms/req @1 | RPS @c | CPU ms/req @c "
+        "| TTFT p50 ms | CPU µs/token | RSS idle / load / after MiB | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for subject in report.subjects:
         for r in subject.rounds:
@@ -101,7 +104,8 @@ def to_markdown(report: BenchReport, results: Sequence[TargetResult]) -> str:
             errors = sum(m.errors for m in r.measurements.values())
             lines.append(
                 f"| {subject.name} | {r.index + 1} | {_f(f.latency_p50)} | {_f(f.latency_p99)} "
-                f"| {_f(f.rps, 0)} | {_f(f.cpu_ms_per_request)} | {_f(f.ttft_p50)} "
+                f"| {_f(f.wait_ms_per_request)} | {_f(f.rps, 0)} | {_f(f.cpu_ms_per_request)} "
+                f"| {_f(f.ttft_p50)} "
                 f"| {_f(f.cpu_us_per_token, 1)} "
                 f"| {_mib(r.rss_idle)} / {_mib(r.rss_peak)} / {_mib(r.rss_after)} | {errors} |"
             )

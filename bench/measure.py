@@ -88,14 +88,18 @@ async def measure(subject: Subject, scenario: Scenario, settings: BenchSettings)
             )
         return sample
 
-    before = {name: proc.cpu_seconds() for name, proc in subject.processes.items()}
+    before = {name: proc.sched_times() for name, proc in subject.processes.items()}
     run = await run_load(checked, scenario.requests, scenario.concurrency)
     spent: dict[str, float] = {}
+    waited: dict[str, float] = {}
     for name, proc in subject.processes.items():
-        start, end = before[name], proc.cpu_seconds()
+        start, end = before[name], proc.sched_times()
         if start is not None and end is not None:
-            spent[name] = end - start
-    return Measurement.of(scenario.name, run, scenario.call.stream, spent)
+            delta = end - start
+            spent[name] = delta.cpu_s
+            if delta.wait_s is not None:
+                waited[name] = delta.wait_s
+    return Measurement.of(scenario.name, run, scenario.call.stream, spent, waited)
 
 
 @contextlib.asynccontextmanager

@@ -53,28 +53,46 @@ def pin(pid: int, cpu: int | None) -> None:
         os.sched_setaffinity(pid, {cpu})
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """CPU time of every live thread of process `pid`, in seconds; None where /proc is absent.
+@dataclass(frozen=True, slots=True)
+class SchedTimes:
+    """Seconds the threads of a process spent on a CPU, and waiting on a run queue for one
+    (ready to run, while something else ran: the cost of other work on its core)."""
 
-    The scheduler's own count (/proc/PID/task/TID/schedstat, nanoseconds) where the kernel
-    keeps it: /proc/PID/stat counts in clock ticks (10 ms), too coarse for a window that
-    spends under a second of CPU. A thread that ends inside a window takes its time with it;
-    the servers measured here keep their threads for their lifetime.
+    cpu_s: float
+    wait_s: float | None
+
+    def __sub__(self, earlier: SchedTimes) -> SchedTimes:
+        wait = (
+            None if self.wait_s is None or earlier.wait_s is None else self.wait_s - earlier.wait_s
+        )
+        return SchedTimes(self.cpu_s - earlier.cpu_s, wait)
+
+
+def sched_times(pid: int) -> SchedTimes | None:
+    """What every live thread of process `pid` spent; None where /proc is absent.
+
+    The scheduler's own counts (/proc/PID/task/TID/schedstat, nanoseconds) where the kernel
+    keeps them: /proc/PID/stat counts CPU in clock ticks (10 ms), too coarse for a window
+    that spends under a second of CPU, and has no run-queue wait. A thread that ends inside
+    a window takes its time with it; the servers measured here keep their threads.
     """
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return None
-    total_ns = 0
+    cpu_ns = wait_ns = 0
     for tid in tasks:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as f:
-                total_ns += int(f.read().split()[0])
+                fields = f.read().split()
+            cpu_ns += int(fields[0])
+            wait_ns += int(fields[1])
         except FileNotFoundError:
             continue  # the thread ended meanwhile
         except (OSError, ValueError, IndexError):
-            return _stat_cpu_seconds(pid)
-    return total_ns / 1e9
+            cpu = _stat_cpu_seconds(pid)
+            return None if cpu is None else SchedTimes(cpu, None)
+    return SchedTimes(cpu_ns / 1e9, wait_ns / 1e9)
 
 
 def _stat_cpu_seconds(pid: int) -> float | None:
@@ -164,8 +182,8 @@ class ServerProcess:
     def running(self) -> bool:
         return self._popen.poll() is None
 
-    def cpu_seconds(self) -> float | None:
-        return cpu_seconds(self.pid)
+    def sched_times(self) -> SchedTimes | None:
+        return sched_times(self.pid)
 
     def rss_bytes(self) -> int | None:
         return rss_bytes(self.pid)

@@ -68,12 +68,20 @@ class Measurement:
     edge_overhead_ms: Percentiles | None
     # CPU seconds each process spent over the run ("client", "upstream", "mesh", ...).
     cpu_s: dict[str, float]
+    # Seconds each server process waited on its core's run queue over the run: time it was
+    # ready while something else ran there (other work on a shared machine).
+    wait_s: dict[str, float]
     # Share of the wall time the load generator spent on CPU: near 1, it set the pace.
     client_busy: float
 
     @classmethod
     def of(
-        cls, scenario: str, run: LoadResult, stream: bool, cpu_s: Mapping[str, float]
+        cls,
+        scenario: str,
+        run: LoadResult,
+        stream: bool,
+        cpu_s: Mapping[str, float],
+        wait_s: Mapping[str, float] | None = None,
     ) -> Measurement:
         samples = run.samples
         overheads = [s.edge_overhead_ms / 1000.0 for s in samples if s.edge_overhead_ms is not None]
@@ -95,12 +103,17 @@ class Measurement:
             completion_tokens=sorted({s.completion_tokens for s in samples}),
             edge_overhead_ms=Percentiles.of_seconds(overheads),
             cpu_s={"client": run.client_cpu_s, **cpu_s},
+            wait_s=dict(wait_s or {}),
             client_busy=run.client_cpu_s / run.wall_s if run.wall_s > 0 else 0.0,
         )
 
     def cpu_ms_per_request(self, process: str) -> float | None:
         spent = self.cpu_s.get(process)
         return None if spent is None or self.ok == 0 else spent * 1000.0 / self.ok
+
+    def wait_ms_per_request(self, process: str) -> float | None:
+        waited = self.wait_s.get(process)
+        return None if waited is None or self.ok == 0 else waited * 1000.0 / self.ok
 
     def cpu_us_per_token(self, process: str) -> float | None:
         spent = self.cpu_s.get(process)
@@ -131,6 +144,8 @@ class Figures:
     cpu_us_per_token: float | None = None
     # The mesh edge's own time (x-imesh-edge-overhead-ms), p50 at concurrency 1.
     edge_own_p50: float | None = None
+    # What the server waited for its core per request at concurrency 1 (mean).
+    wait_ms_per_request: float | None = None
     rss_idle: list[int | None] = field(default_factory=list)
     rss_peak: list[int | None] = field(default_factory=list)
     rss_after: list[int | None] = field(default_factory=list)
@@ -151,6 +166,7 @@ def round_figures(r: Round, server: str) -> Figures:
         cpu_ms_per_request=thr.cpu_ms_per_request(server) if thr else None,
         cpu_us_per_token=tok.cpu_us_per_token(server) if tok else None,
         edge_own_p50=_p50(m["latency"].edge_overhead_ms) if "latency" in m else None,
+        wait_ms_per_request=m["latency"].wait_ms_per_request(server) if "latency" in m else None,
         rss_idle=[r.rss_idle],
         rss_peak=[r.rss_peak],
         rss_after=[r.rss_after],
@@ -192,6 +208,7 @@ class SubjectReport:
             cpu_ms_per_request=med(lambda f: f.cpu_ms_per_request),
             cpu_us_per_token=med(lambda f: f.cpu_us_per_token),
             edge_own_p50=med(lambda f: f.edge_own_p50),
+            wait_ms_per_request=med(lambda f: f.wait_ms_per_request),
             rss_idle=[r.rss_idle for r in self.rounds],
             rss_peak=[r.rss_peak for r in self.rounds],
             rss_after=[r.rss_after for r in self.rounds],

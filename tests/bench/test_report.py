@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from bench.load import LoadResult, Sample
+from bench.processes import sched_times
 from bench.report import Measurement, Round, SubjectReport, percentile, round_figures
 
 
@@ -66,3 +69,21 @@ def test_a_subjects_figures_are_the_median_over_rounds_and_rss_is_kept_per_round
     assert f.rss_peak == [110, 210, 310]
     assert f.rss_after == [101, 201, 301]
     assert round_figures(rounds[1], "mesh").latency_p50 == 9.0
+
+
+def test_run_queue_wait_is_divided_by_the_successful_requests() -> None:
+    m = Measurement.of("latency", _run([1.0] * 4, 16), False, {"relay": 0.01}, {"relay": 0.02})
+    assert m.wait_ms_per_request("relay") == pytest.approx(5.0)
+    assert m.wait_ms_per_request("upstream") is None
+
+
+def test_sched_times_of_a_live_process_grow_with_its_work() -> None:
+    before = sched_times(os.getpid())
+    sum(range(200_000))
+    after = sched_times(os.getpid())
+    assert before is not None
+    assert after is not None
+    spent = after - before
+    assert spent.cpu_s > 0
+    assert spent.wait_s is not None
+    assert spent.wait_s >= 0
