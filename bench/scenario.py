@@ -33,6 +33,8 @@ UPSTREAM_MODEL = "bench-model"
 MESH_ALIAS = "bench"
 ROUTER_READY = "router gRPC on "
 EDGE_READY = "edge HTTP on "
+# Each profiled scenario runs this many times: enough samples to rank functions by.
+PROFILE_REPEATS = 3
 
 
 def mesh_config(upstream_url: str) -> dict[str, Any]:
@@ -252,13 +254,15 @@ async def _profile(subject: Subject, settings: BenchSettings, tmp: Path, log: Lo
     plan = [s for s in scenarios(settings) if s.name in ("tokens", "throughput")]
     log(f"{subject.name}: profiling {', '.join(s.name for s in plan)} with py-spy")
     async with profile.recording(subject.processes[subject.server].pid, raw):
-        for scenario in plan:
-            await measure(subject, scenario, settings)
+        for _ in range(PROFILE_REPEATS):
+            for scenario in plan:
+                await measure(subject, scenario, settings)
     text = await asyncio.to_thread(raw.read_text, encoding="utf-8")
     shares = profile.summarise(text.splitlines())
     note = (
         f"py-spy at {profile.RATE_HZ} Hz (--nonblocking) on the {subject.name} process over "
-        f"{' and '.join(s.name for s in plan)}, after the measured rounds. Self: samples with "
+        f"{' and '.join(s.name for s in plan)} ({PROFILE_REPEATS} times each), after the "
+        "measured rounds. Self: samples with "
         "the function on top of the stack; inclusive: anywhere in it (idle threads excluded)."
     )
     return profile.to_markdown(f"Profile: {subject.name}", shares, note)
