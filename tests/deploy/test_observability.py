@@ -4,6 +4,7 @@ and the kustomization renders the scrape config, the rules and the dashboard."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -131,3 +132,37 @@ def test_the_kustomization_renders_monitor_rules_and_dashboard() -> None:
     assert routers["selector"]["matchLabels"] == {"imesh.dev/router": "true"}
     ports = {e["port"] for e in monitors["inference-mesh-services"]["podMetricsEndpoints"]}
     assert ports == {"metrics", "http"}
+
+
+def test_the_router_hpa_component_scales_on_requests_in_flight(tmp_path: Path) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed; manifests are checked where it is")
+    deploy = HERE.parent
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                # Kustomize takes directories relative to the overlay only.
+                "resources": [os.path.relpath(deploy / "base", overlay)],
+                "components": [os.path.relpath(HERE / "router-hpa", overlay)],
+            }
+        )
+    )
+    out = subprocess.run(
+        [kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(overlay)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    (hpa,) = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "HorizontalPodAutoscaler"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["pods"]["metric"]["name"] == "imesh_router_in_flight_requests"
+    adapter_rules = yaml.safe_load(
+        (HERE / "router-hpa" / "prometheus-adapter-rules.yaml").read_text()
+    )
+    assert "imesh_router_in_flight_requests" in adapter_rules["rules"][0]["seriesQuery"]
