@@ -73,9 +73,11 @@ proto-check: $(STAMP)
 ## bare grpc.aio hop) and LiteLLM (installed once into its own cached venv outside the repo),
 ## then the httpx transports: each server in its own process on loopback, stopped at the end,
 ## under 10 minutes on 2 cores. Writes bench/results/LATEST.md, transports.md, their JSON and
-## profile-mesh-rest.md (py-spy, one extra unmeasured round).
+## profile-mesh-rest.md (py-spy, one extra unmeasured round); LATEST.md ends with a
+## before/after table against the results it replaces.
 bench: $(STAMP)
-	$(BIN)/imesh bench --out bench/results --profile $(BENCH_ARGS)
+	$(BIN)/imesh bench --out bench/results --profile \
+	  $(if $(wildcard bench/results/LATEST.json),--compare-to bench/results/LATEST.json) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -71,6 +71,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--no-transports", action="store_true", help="skip the httpx transport comparison"
     )
     bench.add_argument(
+        "--compare-to",
+        metavar="JSON",
+        help="an earlier LATEST.json: add a before/after table to LATEST.md",
+    )
+    bench.add_argument(
         "--profile",
         action="store_true",
         help="also profile the mesh with py-spy in an extra round (profile-mesh-rest.md)",
@@ -100,6 +105,7 @@ def settings_of(args: argparse.Namespace) -> BenchSettings:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from bench import compare
     from bench.markdown import to_markdown
     from bench.processes import BenchError
     from bench.scenario import run_scenario
@@ -113,12 +119,21 @@ def run_bench(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # Read before the run: the file compared to is often the LATEST.json this run replaces.
+    try:
+        before = compare.load_figures(args.compare_to) if args.compare_to else None
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"error: cannot read --compare-to {args.compare_to}: {exc}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     ok = True
     try:
         report = run(_cancellable(lambda: run_scenario(settings, _log)))
         results = evaluate(report.figures())
-        (out / "LATEST.md").write_text(to_markdown(report, results), encoding="utf-8")
+        latest = to_markdown(report, results)
+        if before is not None:
+            latest += "\n" + compare.to_markdown(*before, report)
+        (out / "LATEST.md").write_text(latest, encoding="utf-8")
         report.write_json(out / "LATEST.json", {"targets": [asdict(r) for r in results]})
         for key, text in report.profiles.items():
             (out / f"profile-{key}.md").write_text(text, encoding="utf-8")
