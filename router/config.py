@@ -19,6 +19,7 @@ from pydantic import (
 
 from adapters.config import AdapterServiceSettings, ProviderConfig, ServerTLS
 from router.tenancy.config import TenancySettings
+from vllm_pool.config import VllmPoolConfig
 
 Capability = Literal["tools", "vision", "json_schema", "streaming"]
 PolicyName = Literal[
@@ -50,6 +51,10 @@ def _checked_listen(listen: str) -> str:
 
 
 ListenAddress = Annotated[str, AfterValidator(_checked_listen)]
+
+
+# Every provider kind: the adapters' own and the GPU pool's.
+MeshProvider = Annotated[ProviderConfig | VllmPoolConfig, Field(discriminator="kind")]
 
 
 class Strict(BaseModel):
@@ -201,7 +206,7 @@ class MetricsSettings(Strict):
 
 
 class MeshConfig(Strict):
-    providers: dict[str, ProviderConfig]
+    providers: dict[str, MeshProvider]
     deployments: list[Deployment] = Field(min_length=1)
     aliases: dict[str, Alias] = {}
     router: RouterSettings = RouterSettings()
