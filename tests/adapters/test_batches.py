@@ -62,6 +62,7 @@ async def test_a_stream_handed_to_another_task_keeps_its_one_timer(
     # task: the call's deadline must still end it, in the task that reads then.
     fake.enqueue(Reply.cassette("openai/stream_text", burst=2, stall_after_events=0))
     stream = make().chat(generate(), Deadline.after(0.3))
+
     async def first_batch() -> list[events_pb2.ChatEvent]:
         return await anext(stream)
 
