@@ -43,11 +43,18 @@ def _httpx_aiohttp() -> httpx.AsyncBaseTransport:
     return AiohttpTransport(limits=limits)
 
 
+def _httpx_curl_cffi() -> httpx.AsyncBaseTransport:
+    from httpx_curl_cffi import AsyncCurlTransport
+
+    return AsyncCurlTransport(max_connections=MAX_CONNECTIONS)
+
+
 # name -> what builds it; the names are the bench's report labels.
 TRANSPORTS: dict[str, Callable[[], httpx.AsyncBaseTransport]] = {
     "httpx": _httpx_default,
     "httpx-sharded": _httpx_sharded,
     "httpx-aiohttp": _httpx_aiohttp,
+    "httpx-curl-cffi": _httpx_curl_cffi,
 }
 
 

@@ -28,19 +28,29 @@ from bench.transport_relay import TRANSPORTS
 from bench.upstream import READY_PREFIX
 
 FLOOR = "aiohttp (minimal relay)"
-# Read from httpx-aiohttp 0.2.0's transport: what the adapter tests must show it still does.
-CAVEATS = (
-    "No HTTP/2: `http2=True` logs a warning and speaks HTTP/1.1, so a provider configured "
-    "for HTTP/2 keeps httpx's own transport.",
-    "Errors: every aiohttp `ClientConnectionError` maps to `httpx.ConnectTimeout`, "
-    "`ServerDisconnectedError` included (a truncated body is `ReadError`); the adapter's "
-    "error classification and the breaker verdicts on it must be re-checked against the "
-    "cassette and fault tests.",
-    "Timeouts: httpx's `pool` timeout becomes aiohttp's `connect` (pool wait plus connect), "
-    "`read` becomes `sock_read`; there is no write timeout.",
-    "Pool: `max_connections` becomes the connector's `limit`; `max_keepalive_connections` "
-    "is ignored. Cancellation closes the aiohttp response, which releases the connection.",
-)
+# Read from each package's transport: what the adapter tests must show before one is adopted.
+CAVEATS: dict[str, tuple[str, ...]] = {
+    "httpx-aiohttp": (
+        "No HTTP/2: `http2=True` logs a warning and speaks HTTP/1.1, so a provider configured "
+        "for HTTP/2 keeps httpx's own transport.",
+        "Errors: every aiohttp `ClientConnectionError` maps to `httpx.ConnectTimeout`, "
+        "`ServerDisconnectedError` included (a truncated body is `ReadError`); the adapter's "
+        "error classification and the breaker verdicts on it must be re-checked against the "
+        "cassette and fault tests.",
+        "Timeouts: httpx's `pool` timeout becomes aiohttp's `connect` (pool wait plus "
+        "connect), `read` becomes `sock_read`; there is no write timeout.",
+        "Pool: `max_connections` becomes the connector's `limit`; `max_keepalive_connections` "
+        "is ignored. Cancellation closes the aiohttp response, which releases the connection.",
+    ),
+    "httpx-curl-cffi": (
+        "HTTP/2 through libcurl. The package is young (0.1.x) and its curl-cffi dependency "
+        "ships its own libcurl build.",
+        "Timeouts: httpx's `pool` and `write` timeouts are ignored (a wait for a free handle "
+        "is unbounded); `connect` and `read` go to curl as a pair: check that `read` bounds "
+        "each wait for bytes, not the whole transfer, before a stream relies on it.",
+        "Pool: `max_connections` becomes curl-cffi's `max_clients` (concurrent handles).",
+    ),
+}
 AGGREGATE = " + aggregate"
 # Transports the non-streaming question is asked over: today's default and the challenger
 # (the calling pattern, not the transport, decides it; two keep the run short).
@@ -275,8 +285,9 @@ def transports_markdown(comparison: TransportComparison) -> str:
         )
     lines += ["", "## What this run says", ""]
     lines += [f"- {line}" for line in recommendation(rows)]
-    lines += ["", "## Before an adapter adopts httpx-aiohttp", ""]
-    lines += [f"- {line}" for line in CAVEATS]
+    for name, caveats in CAVEATS.items():
+        lines += ["", f"## Before an adapter adopts {name}", ""]
+        lines += [f"- {line}" for line in caveats]
     errors = [
         f"ERRORS on {s.name}, round {r.index + 1}, {m.scenario}: {m.errors}/{m.requests}: "
         + "; ".join(m.first_errors)

@@ -75,6 +75,7 @@ async def test_transport_comparison_measures_every_candidate_and_writes_a_verdic
         "httpx-sharded",
         "httpx-aiohttp",
         "httpx-aiohttp" + AGGREGATE,
+        "httpx-curl-cffi",
     ]
     assert comparison.all_ok
     assert all(r.cpu_us_per_token is not None for r in comparison.rows())
