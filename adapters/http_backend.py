@@ -129,11 +129,8 @@ class HttpBackend(Backend):
                 except TimeoutError:
                     failure = self._timed_out(deadline, translator.output_started)
                     break
-                except httpx.TimeoutException:
-                    failure = upstream_timeout(self.provider, "no bytes within the read timeout")
-                    break
                 except httpx.HTTPError as exc:
-                    failure = upstream_unreachable(self.provider, exc)
+                    failure = self._read_failed(exc)
                     break
                 started = translator.output_started
                 batch, failure = translator.translate(parser.feed(chunk))
@@ -214,10 +211,8 @@ class HttpBackend(Backend):
             raise upstream_timeout(
                 self.provider, "deadline passed while reading the answer"
             ) from None
-        except httpx.TimeoutException:
-            raise upstream_timeout(self.provider, "no bytes within the read timeout") from None
         except httpx.HTTPError as exc:
-            raise upstream_unreachable(self.provider, exc) from None
+            raise self._read_failed(exc) from None
         try:
             answer = orjson.loads(body)
             if not isinstance(answer, dict):
@@ -225,6 +220,11 @@ class HttpBackend(Backend):
             return await self.whole_answer(answer, request)
         except MALFORMED:
             raise upstream_malformed(self.provider) from None
+
+    def _read_failed(self, exc: httpx.HTTPError) -> MeshError:
+        if isinstance(exc, httpx.TimeoutException) and _timed_out(exc):
+            return upstream_timeout(self.provider, "no bytes within the read timeout")
+        return upstream_unreachable(self.provider, exc)
 
     def _timed_out(self, deadline: Deadline, started: bool) -> MeshError:
         if deadline.expired():

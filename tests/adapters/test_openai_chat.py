@@ -525,3 +525,22 @@ def test_a_chunk_of_the_wrong_shape_is_upstream_malformed(data: bytes) -> None:
     assert [e.content.text for e in events] == ["Hi"]  # the events before it are kept
     assert failure is not None
     assert failure.reason is Reason.UPSTREAM_MALFORMED
+
+
+async def test_a_connection_cut_before_output_is_retryable_unavailable_never_a_timeout(
+    fake: FakeProvider, make: Make
+) -> None:
+    fake.enqueue(Reply.cassette("openai/stream_text", cut_after_events=1))  # the role chunk
+    events, error = await collect(make(), generate())
+    assert events == []
+    assert error is not None
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE")
+    assert error.retryable
+
+
+async def test_a_cut_after_output_names_its_cause(fake: FakeProvider, make: Make) -> None:
+    fake.enqueue(Reply.cassette("openai/stream_text", cut_after_events=3))
+    _, error = await collect(make(), generate())
+    assert error is not None
+    assert error.reason == "UPSTREAM_INTERRUPTED"
+    assert error.metadata["cause"] == "UPSTREAM_UNAVAILABLE"
