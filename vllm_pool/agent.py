@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
@@ -43,6 +44,10 @@ class AgentSettings:
     retry_s: float = 1.0
     # How long the last load reading stands in for one the engine did not answer in time.
     stale_load_s: float = 3.0
+    # A file whose appearance drains the replica as SIGTERM does: the vLLM container's
+    # preStop hook creates it in a volume both containers mount (a native sidecar is
+    # stopped only after the main container, too late to deregister first).
+    drain_file: Path | None = None
 
 
 class ReplicaAgent:
@@ -77,10 +82,14 @@ class ReplicaAgent:
         spec = await self._spec()
         await self._register(spec, stop)
         while not stop.is_set():
-            if await _wait(stop, self._interval):
+            if await _wait(stop, self._interval) or self._drain_requested():
                 break
             await self._beat(spec, stop)
         await self._drain()
+
+    def _drain_requested(self) -> bool:
+        drain_file = self._settings.drain_file
+        return drain_file is not None and drain_file.exists()
 
     async def _wait_healthy(self, stop: asyncio.Event) -> None:
         give_up = time.monotonic() + self._settings.startup_timeout_s

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from router.cli._common import describe, fail, run, stop_signal
@@ -61,6 +62,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default="env:IMESH_POOL_TOKEN",
         help="the pool token, as env:NAME or file:PATH (default env:IMESH_POOL_TOKEN)",
     )
+    parser.add_argument(
+        "--drain-file",
+        metavar="PATH",
+        type=Path,
+        help="drain (as on SIGTERM) once this file exists: set by vLLM's preStop hook",
+    )
     parser.add_argument("--drain-timeout-s", type=float, default=120.0)
     parser.add_argument("--startup-timeout-s", type=float, default=900.0)
     parser.add_argument("--metrics", metavar="ADDR", help="serve GET /metrics here")
@@ -88,6 +95,7 @@ def run_agent(args: argparse.Namespace) -> int:
         advertise=args.advertise,
         startup_timeout_s=args.startup_timeout_s,
         drain_timeout_s=args.drain_timeout_s,
+        drain_file=args.drain_file,
     )
     return run(_agent(args, settings))
 

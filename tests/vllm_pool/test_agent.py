@@ -4,7 +4,9 @@ heartbeats with load, drain on stop, token refusal, re-registration."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -185,3 +187,21 @@ async def test_without_a_load_reading_the_lease_runs_out(
     vllm.state.metrics_fail = True  # the engine stopped answering
 
     await until(lambda: _gone(stub))
+
+
+async def test_the_drain_file_drains_the_replica_like_sigterm(
+    vllm: FakeVllm, channel: grpc.aio.Channel, stub: PoolServiceAsyncStub, tmp_path: Path
+) -> None:
+    drain_file = tmp_path / "drain"
+    probe = HttpEngineProbe(vllm.url)
+    running = Running(
+        ReplicaAgent(probe, channel, dataclasses.replace(settings(), drain_file=drain_file))
+    )
+    await running.registered()
+
+    drain_file.touch()  # what the vLLM container's preStop hook does
+
+    await until(lambda: _gone(stub))
+    async with asyncio.timeout(10):
+        await running.task  # nothing in flight: the agent exits
+    await probe.aclose()

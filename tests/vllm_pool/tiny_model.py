@@ -4,6 +4,10 @@ and a byte-level BPE tokenizer with a chat template. vLLM fills the weights itse
 
 The sizes are the smallest the CPU attention kernels accept (head_dim 64); text is random,
 but token counts, streaming, usage, metrics and cancellation are vLLM's real ones.
+
+The model has no end-of-sequence token: random weights would emit one every few hundred
+tokens, and the tests need completions that last exactly `max_tokens` (usage they can
+predict, streams still running when a test cancels them or kills their engine).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 VOCAB_SIZE = 320
-BOS, EOS = "<s>", "</s>"
+BOS, PAD = "<s>", "<pad>"
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
@@ -34,19 +38,20 @@ def write_tiny_model(directory: Path) -> Path:
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
-        special_tokens=[BOS, EOS],
+        special_tokens=[BOS, PAD],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
     tokenizer.save(str(directory / "tokenizer.json"))
-    bos, eos = tokenizer.token_to_id(BOS), tokenizer.token_to_id(EOS)
+    bos = tokenizer.token_to_id(BOS)
     _write(
         directory / "tokenizer_config.json",
         {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": BOS,
-            "eos_token": EOS,
+            "eos_token": None,
+            "pad_token": PAD,
             "add_bos_token": False,
             "model_max_length": 4096,
             "chat_template": CHAT_TEMPLATE,
@@ -71,12 +76,12 @@ def write_tiny_model(directory: Path) -> Path:
             "tie_word_embeddings": False,
             "torch_dtype": "float32",
             "bos_token_id": bos,
-            "eos_token_id": eos,
+            "eos_token_id": None,
         },
     )
     _write(
         directory / "generation_config.json",
-        {"bos_token_id": bos, "eos_token_id": eos, "_from_model_config": True},
+        {"bos_token_id": bos, "_from_model_config": True},
     )
     return directory
 
