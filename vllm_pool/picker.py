@@ -1,5 +1,6 @@
 """Which replica takes a call: prefix affinity (consistent hashing with bounded load),
-else power of two choices on the load score. Pure: replicas in, an order out."""
+else the router's power-of-two-choices policy on the load score. Pure: replicas in, an
+order out."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import math
 import random
 from collections.abc import Sequence
 
+from imesh.v1 import chat_pb2
+from router.policies.power_of_two import PowerOfTwo
 from vllm_pool.replica import PoolReplica
 
 # Points per replica on the hash ring: enough that keys spread evenly over a few replicas.
@@ -54,7 +57,7 @@ class ReplicaPicker:
 
     def __init__(self, *, load_bound: float = 1.25, rng: random.Random | None = None) -> None:
         self._load_bound = load_bound
-        self._rng = rng if rng is not None else random.Random()
+        self._power_of_two = PowerOfTwo(rng, load=_score)
         self._ring_ids: tuple[str, ...] = ()
         self._ring = HashRing(())
 
@@ -63,8 +66,8 @@ class ReplicaPicker:
             return list(candidates)
         first = self._by_affinity(candidates, key) if key else None
         if first is None:
-            first = self._power_of_two(candidates)
-        rest = sorted((r for r in candidates if r is not first), key=lambda r: r.score)
+            return self._power_of_two.rank(candidates, _NO_REQUEST)
+        rest = sorted((r for r in candidates if r is not first), key=_score)
         return [first, *rest]
 
     def _by_affinity(self, candidates: Sequence[PoolReplica], key: str) -> PoolReplica | None:
@@ -79,6 +82,10 @@ class ReplicaPicker:
                 return by_id[rid]
         return None
 
-    def _power_of_two(self, candidates: Sequence[PoolReplica]) -> PoolReplica:
-        a, b = self._rng.sample(list(candidates), 2)
-        return b if b.score < a.score else a
+
+# Power of two reads nothing of the request.
+_NO_REQUEST = chat_pb2.ChatInput()
+
+
+def _score(replica: PoolReplica) -> float:
+    return replica.score

@@ -14,7 +14,12 @@ KV_WEIGHT = 8.0
 
 
 class PoolReplica:
-    """Mutable, owned by one PoolView; read and written on the event loop only."""
+    """Mutable, owned by one PoolView; read and written on the event loop only. A
+    `router.policies` Target, so the router's policies can rank replicas."""
+
+    ttft_ewma: float | None = None  # the pool ranks on load, not latency
+    weight = 1
+    estimated_cost_micros = 0  # self-hosted: no per-token price
 
     def __init__(self, record: pb.Replica, backend: Backend, health: ReplicaHealth) -> None:
         self.record = record
@@ -26,6 +31,10 @@ class PoolReplica:
 
     @property
     def id(self) -> str:
+        return self.record.spec.replica_id
+
+    @property
+    def name(self) -> str:
         return self.record.spec.replica_id
 
     @property
