@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import cast
 
 import grpc
 
@@ -73,9 +75,13 @@ class PoolBackend(Backend):
             started = False
             verdict = False
             try:
-                async for batch in replica.backend.chat(request, deadline):
-                    started = True
-                    yield batch
+                # Backends are async generators: closing this call closes the replica's
+                # stream now, not when the garbage collector finds it.
+                stream = cast(AsyncGenerator[Batch, None], replica.backend.chat(request, deadline))
+                async with aclosing(stream):
+                    async for batch in stream:
+                        started = True
+                        yield batch
                 replica.health.succeeded()
                 verdict = True
                 return

@@ -142,8 +142,9 @@ class GrpcReplicaBackend(Backend):
             await self._engine.Abort(
                 vllm_engine_pb2.AbortRequest(request_ids=[request_id]), timeout=_ABORT_TIMEOUT_S
             )
-        except grpc.aio.AioRpcError as err:
-            log.debug("abort of %s at %s failed: %s", request_id, self.address, err.code().name)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError) as err:
+            # The engine is gone or the replica left the pool: nothing left to abort.
+            log.debug("abort of %s at %s failed: %r", request_id, self.address, err)
 
     async def _prompt_renderer(self, deadline: Deadline) -> PromptRenderer:
         if self._renderer is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
@@ -25,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.backend import Batch
 from adapters.deadline import Deadline
+from adapters.registry import build_backends
 from imesh.api import CallContext
 from imesh.errors import MeshError, Reason
 from imesh.v1 import chat_pb2, events_pb2, pool_service_pb2_grpc
@@ -43,7 +45,6 @@ from tests.vllm_pool.vllm_engines import (
 from tests.vllm_pool.vllm_env import VllmEnvError, ensure
 from vllm_pool.agent import AgentError, AgentSettings, ReplicaAgent
 from vllm_pool.backend import PoolBackend
-from vllm_pool.config import VllmPoolConfig
 from vllm_pool.engine_probe import EngineProbe, GrpcEngineProbe, HttpEngineProbe
 from vllm_pool.replica import PoolReplica
 from vllm_pool.server import PoolServer, start_pool_server
@@ -147,23 +148,25 @@ async def mesh(engines: Engines, pool_token: str) -> AsyncIterator[Mesh]:
     async with asyncio.timeout(60):
         for agent, _, _ in agents.values():
             await agent.registered.wait()
-    backend = PoolBackend(
-        VllmPoolConfig(
-            kind="vllm_pool",
-            pool="gpu",
-            address=f"127.0.0.1:{pool.port}",
-            token=pool_token,
-            affinity_prefix_chars=64,
-        )
-    )
     config = parse_config(
         {
-            "providers": {"gpu": {"kind": "simulated"}},
+            "providers": {
+                "gpu": {
+                    "kind": "vllm_pool",
+                    "pool": "gpu",
+                    "address": f"127.0.0.1:{pool.port}",
+                    "token": pool_token,
+                    "affinity_prefix_chars": 64,
+                }
+            },
             "deployments": [{"name": "tiny-pool", "provider": "gpu", "model": MODEL_NAME}],
             "aliases": {"tiny": {"candidates": ["tiny-pool"]}},
         }
     )
-    router = ChatRouter(config, {"gpu": backend})
+    backends = build_backends(config.providers)  # the pool registers kind vllm_pool
+    backend = backends["gpu"]
+    assert isinstance(backend, PoolBackend)
+    router = ChatRouter(config, backends)
     stub = pool_service_pb2_grpc.PoolServiceStub(channel)
     built = Mesh(pool, stub, agents, probes, backend, router)
     await until(lambda: _synced(built, len(agents)))
@@ -425,6 +428,38 @@ async def test_imesh_pool_list_shows_the_replicas(mesh: Mesh, pool_token: str) -
     assert listing.returncode == 0, listing.stderr
     assert "http-0" in listing.stdout
     assert "grpc-0" in listing.stdout
+
+
+async def test_imesh_replica_agent_registers_and_deregisters_on_sigterm(
+    mesh: Mesh, engines: Engines, pool_token: str
+) -> None:
+    command = [
+        *(sys.executable, "-m", "router.cli.main", "replica-agent"),
+        *("--vllm-grpc", engines.grpc.address, "--pool", f"127.0.0.1:{mesh.pool.port}"),
+        *("--pool-name", "cli", "--replica-id", "cli-0", "--token", pool_token),
+    ]
+    agent = await asyncio.create_subprocess_exec(*command, cwd=REPO)
+    try:
+        await until(lambda: _listed(mesh, "cli", "cli-0"), timeout_s=60)
+
+        agent.send_signal(signal.SIGTERM)
+
+        await until(lambda: _unlisted(mesh, "cli", "cli-0"), timeout_s=30)
+        async with asyncio.timeout(30):
+            assert await agent.wait() == 0
+    finally:
+        if agent.returncode is None:
+            agent.kill()
+            await agent.wait()
+
+
+async def _listed(mesh: Mesh, pool: str, replica_id: str) -> bool:
+    answer = await mesh.stub.ListReplicas(pb.ListReplicasRequest(pool=pool), metadata=AUTH)
+    return any(r.spec.replica_id == replica_id for r in answer.replicas)
+
+
+async def _unlisted(mesh: Mesh, pool: str, replica_id: str) -> bool:
+    return not await _listed(mesh, pool, replica_id)
 
 
 async def test_killing_a_replica_mid_stream_gives_a_typed_error_and_the_survivor_serves(
