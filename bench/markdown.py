@@ -10,8 +10,8 @@ from bench.targets import DIRECT, TargetResult
 
 NOISE = (
     "Figures are from a shared 2-core machine while other work ran on it; absolute numbers "
-    "move by 15-50% between runs. Compare the ratios, which come from one run with the "
-    "subjects interleaved round by round."
+    "move by 15-50% between runs. Compare the ratios: they come from one run, each "
+    "scenario measured on every subject in turn, seconds apart."
 )
 
 

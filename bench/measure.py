@@ -60,17 +60,24 @@ async def warm_up(
 
 
 async def measure_round(
-    subject: Subject, index: int, plan: Sequence[Scenario], settings: BenchSettings
-) -> Round:
-    """Every scenario of `plan` once, with the server's memory before, during and after."""
-    server = subject.processes[subject.server]
-    idle = server.rss_bytes()
-    measurements: dict[str, Measurement] = {}
-    async with _peak_rss(server) as peak:
+    subjects: Sequence[Subject], index: int, plan: Sequence[Scenario], settings: BenchSettings
+) -> None:
+    """One round: each scenario of `plan` in turn, on every subject in turn, so the figures
+    compared with each other are measured seconds apart, under the same machine load. Each
+    subject gets a Round with its server's memory before, at its peak, and after."""
+    servers = [s.processes[s.server] for s in subjects]
+    idle = [server.rss_bytes() for server in servers]
+    measurements: list[dict[str, Measurement]] = [{} for _ in subjects]
+    async with contextlib.AsyncExitStack() as stack:
+        peaks = [await stack.enter_async_context(_peak_rss(server)) for server in servers]
         for scenario in plan:
-            measurements[scenario.name] = await measure(subject, scenario, settings)
+            for subject, taken in zip(subjects, measurements, strict=True):
+                taken[scenario.name] = await measure(subject, scenario, settings)
     await asyncio.sleep(0.2)  # let the last responses' buffers go before "after"
-    return Round(index, measurements, idle, peak(), server.rss_bytes())
+    for i, subject in enumerate(subjects):
+        subject.rounds.append(
+            Round(index, measurements[i], idle[i], peaks[i](), servers[i].rss_bytes())
+        )
 
 
 async def measure(subject: Subject, scenario: Scenario, settings: BenchSettings) -> Measurement:

@@ -1,8 +1,8 @@
 """The standard benchmark: the upstream called directly (the zero baseline), the minimal
 relay, a bare gRPC hop, the mesh (REST edge and gRPC API, in each observability mode) and
-LiteLLM's proxy, all in front of one upstream, each server in its own process. Rounds
-interleave the subjects so a change in the machine's load hits them all alike; every
-process started here is stopped before `run_scenario` returns."""
+LiteLLM's proxy, all in front of one upstream, each server in its own process. Within a
+round each scenario runs on every subject in turn, so a change in the machine's load hits
+them all alike; every process started here is stopped before `run_scenario` returns."""
 
 from __future__ import annotations
 
@@ -78,9 +78,8 @@ async def run_scenario(settings: BenchSettings, log: Log = lambda _: None) -> Be
                 await warm_up(subject, scenarios(settings), settings, log)
             for index in range(settings.rounds):
                 log(f"round {index + 1}/{settings.rounds}")
+                await measure_round(subjects, index, scenarios(settings), settings)
                 for subject in subjects:
-                    r = await measure_round(subject, index, scenarios(settings), settings)
-                    subject.rounds.append(r)
                     _log_round(subject, log)
             if settings.profile:
                 mesh = next(s for s in subjects if s.key == targets.MESH)

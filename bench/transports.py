@@ -179,8 +179,7 @@ async def run_transports(settings: BenchSettings, log: Log = lambda _: None) -> 
             await warm_up(subject, scenarios, settings, log)
         for index in range(ROUNDS):
             log(f"transports: round {index + 1}/{ROUNDS}")
-            for subject in subjects:
-                subject.rounds.append(await measure_round(subject, index, scenarios, settings))
+            await measure_round(subjects, index, scenarios, settings)
     finally:
         for subject in subjects:
             with contextlib.suppress(Exception):
