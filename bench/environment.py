@@ -35,18 +35,25 @@ def _version(package: str) -> str:
 
 
 def _commit() -> str:
-    root = Path(__file__).resolve().parent.parent
+    """HEAD, marked when the tree measured differs from it (results excluded)."""
+    root = str(Path(__file__).resolve().parent.parent)
     try:
         head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", root, "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             check=True,
             timeout=5,
         ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", root, "diff", "--quiet", "HEAD", "--", ".", ":!bench/results"],
+            capture_output=True,
+            check=False,
+            timeout=10,
+        ).returncode
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return head
+    return f"{head} with uncommitted changes" if dirty == 1 else head
 
 
 def _cpu_model() -> str:
