@@ -202,30 +202,31 @@ def _ratio(value: float | None, floor: float | None) -> str:
 
 def recommendation(rows: Sequence[Row]) -> list[str]:
     """What this run's figures say: the cheapest httpx transport for streaming and for
-    non-streaming calls, and how a non-streaming caller is served more cheaply."""
+    non-streaming calls, how a non-streaming caller is served more cheaply, and the verdict."""
     by_name = {r.name: r for r in rows}
     plain = [r for r in rows if r.name in TRANSPORTS]
     lines: list[str] = []
     streaming = [r for r in plain if r.cpu_us_per_token is not None]
-    if streaming:
-        best = min(streaming, key=lambda r: r.cpu_us_per_token or 0.0)
+    best_stream = min(streaming, key=lambda r: r.cpu_us_per_token or 0.0, default=None)
+    if best_stream is not None:
         others = ", ".join(
-            f"{r.name} {r.cpu_us_per_token:.1f} µs" for r in streaming if r is not best
+            f"{r.name} {r.cpu_us_per_token:.1f} µs" for r in streaming if r is not best_stream
         )
         lines.append(
-            f"Streaming: **{best.name}** costs the least CPU per relayed token "
-            f"({best.cpu_us_per_token:.1f} µs; {others})."
+            f"Streaming: **{best_stream.name}** costs the least CPU per relayed token "
+            f"({best_stream.cpu_us_per_token:.1f} µs; {others})."
         )
     unary = [r for r in plain if r.cpu_ms_per_request is not None]
-    if unary:
-        best = min(unary, key=lambda r: r.cpu_ms_per_request or 0.0)
+    best_unary = min(unary, key=lambda r: r.cpu_ms_per_request or 0.0, default=None)
+    if best_unary is not None:
         others = ", ".join(
-            f"{r.name} {r.cpu_ms_per_request:.2f} ms" for r in unary if r is not best
+            f"{r.name} {r.cpu_ms_per_request:.2f} ms" for r in unary if r is not best_unary
         )
         lines.append(
-            f"Non-streaming at concurrency 32: **{best.name}** costs the least CPU per "
-            f"request ({best.cpu_ms_per_request:.2f} ms; {others})."
+            f"Non-streaming at concurrency 32: **{best_unary.name}** costs the least CPU per "
+            f"request ({best_unary.cpu_ms_per_request:.2f} ms; {others})."
         )
+    aggregate_costs_more: list[bool] = []
     for r in plain:
         agg = by_name.get(r.name + AGGREGATE)
         if agg is None or r.cpu_ms_per_request is None or agg.cpu_ms_per_request is None:
@@ -236,6 +237,7 @@ def recommendation(rows: Sequence[Row]) -> list[str]:
             if agg.cpu_ms_per_request_long and r.cpu_ms_per_request_long
             else None
         )
+        aggregate_costs_more.append(short > 1 and (long is None or long > 1))
         cheaper = "a non-streaming upstream call" if short > 1 else "streaming and aggregating"
         lines.append(
             f"Non-streaming caller over {r.name}: streaming from the upstream and aggregating "
@@ -243,6 +245,20 @@ def recommendation(rows: Sequence[Row]) -> list[str]:
             + (f" and {long:.2f}x at long ones" if long is not None else "")
             + f"; {cheaper} is cheaper."
         )
+    verdict = []
+    if best_stream is not None and best_unary is not None:
+        if best_stream is best_unary:
+            verdict.append(f"use **{best_stream.name}** for providers on HTTP/1.1")
+        else:
+            verdict.append(
+                f"streaming favours **{best_stream.name}**, non-streaming **{best_unary.name}**"
+            )
+    if aggregate_costs_more and all(aggregate_costs_more):
+        verdict.append("serve a non-streaming caller with a non-streaming upstream call")
+    elif aggregate_costs_more and not any(aggregate_costs_more):
+        verdict.append("serve a non-streaming caller by streaming and aggregating")
+    if verdict:
+        lines.append("**Recommendation from this run**: " + "; ".join(verdict) + ".")
     return lines
 
 

@@ -92,6 +92,22 @@ def test_transport_verdicts_follow_the_cheapest_figures() -> None:
     assert lines[2].endswith("a non-streaming upstream call is cheaper.")
     assert "0.50x" in lines[3]
     assert lines[3].endswith("streaming and aggregating is cheaper.")
+    # The two transports disagree on the calling pattern: no verdict on it.
+    assert lines[4] == (
+        "**Recommendation from this run**: use **httpx-aiohttp** for providers on HTTP/1.1."
+    )
+
+
+def test_the_verdict_names_the_calling_pattern_when_every_transport_agrees() -> None:
+    rows = [
+        Row("httpx", 24.0, 1.7, 500, 1.8, 4.0),
+        Row("httpx" + AGGREGATE, 26.0, 2.4, 130, 5.9, 9.0),
+        Row("httpx-aiohttp", 6.0, 1.9, 340, 0.5, 4.0),
+    ]
+    assert recommendation(rows)[-1] == (
+        "**Recommendation from this run**: streaming favours **httpx-aiohttp**, non-streaming "
+        "**httpx**; serve a non-streaming caller with a non-streaming upstream call."
+    )
 
 
 def test_bench_subcommand_takes_its_flags_and_refuses_zero_rounds() -> None:
