@@ -212,8 +212,9 @@ class ServerProcess:
 
 
 class Servers:
-    """The child processes of one run, each pinned where the plan says; all stopped by
-    `stop_all()` whatever happened."""
+    """The child processes of one run. Lifecycle: `start()` each (pinned at once: a server
+    under test to the server core, helpers to the load generator's), `await address()` for
+    what it announced, `stop_all()` in a finally, whatever happened."""
 
     def __init__(self, pinning: Pinning, timeout_s: float) -> None:
         self._pinning = pinning
