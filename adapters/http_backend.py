@@ -21,7 +21,7 @@ from adapters.backend import Backend, Batch
 from adapters.config import HttpProviderConfig
 from adapters.connection_gate import ConnectionGate
 from adapters.deadline import Deadline
-from adapters.http_client import build_http_client
+from adapters.http_client import ProviderHttp
 from adapters.http_errors import (
     ERROR_BODY_LIMIT,
     error_from_status,
@@ -72,14 +72,10 @@ class HttpBackend(Backend):
         self.gate = ConnectionGate(
             provider=self.provider, limit=config.max_connections, wait_s=config.timeouts.pool
         )
-        self._http = build_http_client(
-            config,
-            headers={"content-type": "application/json", **headers},
-            transport=transport,
-        )
+        self._http = ProviderHttp(config, headers=headers, transport=transport)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={str(self._http.base_url)!r})"
+        return f"{type(self).__name__}(base_url={self._http.base_url!r})"
 
     @abc.abstractmethod
     def body(self, request: adapter_service_pb2.GenerateRequest) -> bytes:
@@ -98,11 +94,8 @@ class HttpBackend(Backend):
     async def chat(
         self, request: adapter_service_pb2.GenerateRequest, deadline: Deadline
     ) -> AsyncIterator[Batch]:
-        http_request = self._http.build_request(
-            "POST",
-            self.path,
-            content=self.body(request),
-            headers=_SSE_HEADERS if self._streaming else None,
+        http_request = self._http.request(
+            self.path, self.body(request), headers=_SSE_HEADERS if self._streaming else None
         )
         first_by = min(deadline, Deadline.after(self._first_byte))
         await self.gate.acquire(first_by)
@@ -166,7 +159,7 @@ class HttpBackend(Backend):
         a non-2xx answer is read (bounded) and raised as the mapped MeshError."""
         try:
             with timer:
-                response = await self._http.send(request, stream=True)
+                response = await self._http.send(request)
         except TimeoutError:
             what = (
                 "deadline passed before the provider answered"

@@ -1,4 +1,5 @@
-"""The pooled client each HTTP backend keeps: timeouts, redirects, transport, proxy choice."""
+"""The HTTP each backend keeps: requests with its timeouts and headers, the transport per
+protocol, no redirects or cookies, the proxy choice."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 from httpx_aiohttp import AiohttpTransport
 
 from adapters.config import HttpTimeouts, OpenAICompatibleConfig
-from adapters.http_client import build_http_client, proxy_for
+from adapters.http_client import ProviderHttp, proxy_for
+from tests.adapters.fakes.server import Reply, running_fake
 
 
 def _config(**fields: object) -> OpenAICompatibleConfig:
@@ -16,33 +18,60 @@ def _config(**fields: object) -> OpenAICompatibleConfig:
     )
 
 
-async def test_client_takes_timeouts_and_never_follows_redirects_or_reads_env() -> None:
+async def test_requests_carry_the_timeouts_headers_and_url() -> None:
     timeouts = HttpTimeouts(connect=1.5, read=20, first_byte=10, pool=3)
-    client = build_http_client(_config(timeouts=timeouts), headers={"x-api-key": "k"})
+    http = ProviderHttp(_config(timeouts=timeouts), headers={"x-api-key": "k"})
     try:
-        assert client.timeout.connect == 1.5
-        assert client.timeout.read == 20
-        assert client.timeout.pool == 3
-        assert client.follow_redirects is False
-        assert client.trust_env is False  # the proxy is decided once, by build_transport
-        assert str(client.base_url) == "https://api.example.com/v1/"
+        request = http.request("/chat/completions", b"{}", headers={"accept": "text/event-stream"})
+        assert request.extensions["timeout"] == {"connect": 1.5, "read": 20, "write": 20, "pool": 3}
+        assert str(request.url) == "https://api.example.com/v1/chat/completions"
+        assert request.headers["x-api-key"] == "k"
+        assert request.headers["accept"] == "text/event-stream"
+        assert request.headers["content-type"] == "application/json"
+        assert http.headers["accept"] == "*/*"  # a per-call header never sticks
     finally:
-        await client.aclose()
+        await http.aclose()
 
 
 async def test_http1_providers_use_aiohttp_and_http2_ones_httpx_own_transport() -> None:
-    http1 = build_http_client(_config(max_connections=7), headers={})
-    http2 = build_http_client(_config(http2=True, max_connections=7), headers={})
+    http1 = ProviderHttp(_config(max_connections=7), headers={})
+    http2 = ProviderHttp(_config(http2=True, max_connections=7), headers={})
     try:
-        assert isinstance(http1._transport, AiohttpTransport)
-        assert http1._transport.limits.max_connections == 7
-        assert isinstance(http2._transport, httpx.AsyncHTTPTransport)
-        pool = http2._transport._pool
+        assert isinstance(http1.transport, AiohttpTransport)
+        assert http1.transport.limits.max_connections == 7
+        assert isinstance(http2.transport, httpx.AsyncHTTPTransport)
+        pool = http2.transport._pool
         assert pool._max_connections == 7
         assert pool._http2 is True
     finally:
         await http1.aclose()
         await http2.aclose()
+
+
+async def test_a_redirect_is_an_answer_never_followed_and_cookies_are_never_kept() -> None:
+    # A redirect would resend the deployment's key elsewhere; a cookie jar would carry one
+    # tenant's provider cookies into another tenant's calls.
+    async with running_fake() as fake:
+        fake.enqueue(
+            Reply(status=307, headers=(("location", "http://elsewhere.invalid/"),)),
+            Reply(status=200, headers=(("set-cookie", "session=abc; Path=/"),), body=b"{}"),
+            Reply(status=200, body=b"{}"),
+        )
+        http = ProviderHttp(
+            OpenAICompatibleConfig(
+                kind="openai_compatible", base_url=f"{fake.base_url}/v1", proxy="direct"
+            ),
+            headers={},
+        )
+        try:
+            for _ in range(3):
+                response = await http.send(http.request("/chat/completions", b"{}"))
+                await response.aread()
+                await response.aclose()
+        finally:
+            await http.aclose()
+    assert [r.path for r in fake.requests] == ["/v1/chat/completions"] * 3
+    assert "cookie" not in fake.requests[2].headers
 
 
 def test_the_environment_names_the_proxy_per_scheme_and_no_proxy_bypasses_it(

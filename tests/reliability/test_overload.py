@@ -84,7 +84,7 @@ def close_wait_sockets(port: int) -> int:
 
 def busy_pooled_connections(backend: HttpBackend) -> int:
     """Connections the HTTP client's pool counts as in use (internals: no public count)."""
-    transport = backend._http._transport
+    transport = backend._http.transport
     if isinstance(transport, AiohttpTransport):
         assert transport.client is not None
         return len(transport.client.connector._acquired)  # type: ignore[union-attr]
