@@ -22,6 +22,7 @@ from functools import cache
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
+from opentelemetry import propagate, trace
 
 from adapters.config import HttpProviderConfig
 
@@ -53,6 +54,8 @@ class ProviderHttp:
             connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=timeouts.pool
         ).as_dict()
         self._urls: dict[str, httpx.URL] = {}
+        # W3C traceparent to the provider (or vLLM) while tracing is on; nothing when off.
+        self._traced = _tracing()
 
     def request(
         self, path: str, body: bytes, *, headers: Mapping[str, str] | None = None
@@ -62,9 +65,12 @@ class ProviderHttp:
         if url is None:
             url = self._urls[path] = httpx.URL(self.base_url + path)
         all_headers = self.headers
-        if headers:
+        if headers or self._traced:
             all_headers = all_headers.copy()
-            all_headers.update(headers)
+            if headers:
+                all_headers.update(headers)
+            if self._traced:
+                propagate.inject(all_headers)  # the current span: the call's attempt
         return httpx.Request(
             "POST", url, headers=all_headers, content=body, extensions={"timeout": self.timeout}
         )
@@ -75,6 +81,12 @@ class ProviderHttp:
 
     async def aclose(self) -> None:
         await self.transport.aclose()
+
+
+def _tracing() -> bool:
+    # The API's stand-in until a composition root installs an SDK provider.
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
 
 def build_transport(config: HttpProviderConfig) -> httpx.AsyncBaseTransport:
