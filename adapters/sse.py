@@ -7,12 +7,12 @@ synchronous pass. `data` stays bytes: the JSON decoder reads it without a str co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class SSEEvent:
-    """One dispatched event. `event` is "message" when the stream named none."""
+class SSEEvent(NamedTuple):
+    """One dispatched event. `event` is "message" when the stream named none. A tuple:
+    one is built per relayed token, at a quarter of a frozen dataclass's cost."""
 
     event: str
     data: bytes
