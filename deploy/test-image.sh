@@ -68,7 +68,7 @@ say "building wheels on the host with $WHEEL_PYTHON ($host_python)"
 "$WHEEL_PYTHON" -m venv "$work/wheel-venv" 2>/dev/null || {
   apt_install python3-venv && "$WHEEL_PYTHON" -m venv "$work/wheel-venv"
 }
-"$work/wheel-venv/bin/pip" wheel --quiet --wheel-dir "$work/ctx/wheelhouse" "$work/ctx" \
+"$work/wheel-venv/bin/pip" wheel --quiet --wheel-dir "$work/ctx/wheelhouse" "$work/ctx[server,tracing]" \
   >"$work/wheel.log" 2>&1 || { tail -20 "$work/wheel.log"; exit 1; }
 say "building $IMAGE from deploy/Dockerfile on $BASE_IMAGE"
 DOCKER_BUILDKIT=0 docker build --quiet -f "$work/ctx/deploy/Dockerfile" \
