@@ -130,10 +130,11 @@ async def mesh(engines: Engines, pool_token: str) -> AsyncIterator[Mesh]:
     for rid, engine in (("http-0", engines.http), ("grpc-0", engines.grpc)):
         if not engine.alive:
             continue
+        # Patient reads: on two shared cores a busy engine answers seconds late.
         probe: EngineProbe = (
-            HttpEngineProbe(engine.address)
+            HttpEngineProbe(engine.address, timeout_s=10)
             if engine.kind == "http"
-            else GrpcEngineProbe(engine.address)
+            else GrpcEngineProbe(engine.address, timeout_s=10)
         )
         agent = ReplicaAgent(
             probe,
@@ -366,15 +367,15 @@ async def test_a_cancel_reaches_vllm(mesh: Mesh, target: str) -> None:
         AsyncGenerator[Batch, None], mesh.backend.chat(_generate(request), Deadline.after(120))
     )
     await anext(events)
-    await until(lambda: _running(mesh, target), timeout_s=10)
+    await until(lambda: _running(mesh, target), timeout_s=30)
 
     await events.aclose()
 
-    await until(lambda: _idle(mesh, target), timeout_s=10)
+    await until(lambda: _idle(mesh, target), timeout_s=30)
 
 
 async def _running(mesh: Mesh, replica_id: str) -> bool:
-    return await running_on(mesh, replica_id) == 1
+    return await running_on(mesh, replica_id) >= 1
 
 
 async def _idle(mesh: Mesh, replica_id: str) -> bool:
