@@ -19,7 +19,7 @@ from pydantic import (
 
 from adapters.config import AdapterServiceSettings, ProviderConfig, ServerTLS
 from router.tenancy.config import TenancySettings
-from vllm_pool.config import VllmPoolConfig
+from vllm_pool.config import PoolServiceConfig, VllmPoolConfig
 
 Capability = Literal["tools", "vision", "json_schema", "streaming"]
 PolicyName = Literal[
@@ -216,6 +216,9 @@ class MeshConfig(Strict):
     adapter_service: AdapterServiceSettings | None = None
     # Tenants, keys, limits and usage (router/tenancy); None: no tenancy.
     tenancy: TenancySettings | None = None
+    # The GPU pool's registry served by `imesh up` / `imesh router` in their own process
+    # (membership in memory unless it names a Redis); None: pools run `imesh pool serve`.
+    pool_service: PoolServiceConfig | None = None
 
     @model_validator(mode="after")
     def _references_resolve(self) -> MeshConfig:

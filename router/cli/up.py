@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from gateway.server import GatewayServer
     from imesh.api import ChatAPI, UsageAPI
     from router.config import MeshConfig
+    from vllm_pool.server import PoolServer
 
 UP_EPILOG = """\
 examples:
@@ -117,6 +118,7 @@ async def serve_mesh(
     stopped = stop_signal()
     # Before any channel or server exists: they are instrumented as they are made.
     telemetry = start_telemetry_or_exit("imesh-router")
+    pool_server = await _start_pool_service(config)  # before the backends that watch it
     try:
         backends = build_backends(config.providers)
     except ValueError as exc:  # a secret's variable is unset: names it, never its value
@@ -171,8 +173,28 @@ async def serve_mesh(
         await chat_router.aclose()
         if tenancy is not None:
             await tenancy.aclose()
+        if pool_server is not None:
+            await pool_server.stop()
         await telemetry.close()
     return 0
+
+
+async def _start_pool_service(config: MeshConfig) -> PoolServer | None:
+    """The GPU pool's registry in this process, when the config has `pool_service`."""
+    if config.pool_service is None:
+        return None
+    from vllm_pool.server import start_pool_server
+
+    try:
+        server = await start_pool_server(config.pool_service)
+    except KeyError as exc:  # the token's variable is unset: names it, never its value
+        fail(f"pool_service.token: {exc.args[0]}", 2)
+    except OSError as exc:
+        fail(f"error: pool service cannot listen on {config.pool_service.listen}: {exc}", 2)
+    where = "Redis" if config.pool_service.redis_url else "memory"
+    address = shown_address(config.pool_service.listen, server.port)
+    print(f"pool service gRPC on {address} (membership in {where})", flush=True)
+    return server
 
 
 async def _start_edge(
