@@ -9,7 +9,7 @@ import grpc
 import openai
 import pytest
 
-from imesh.errors import MeshError
+from imesh.errors import MeshError, Reason
 from imesh.v1 import chat_service_pb2, events_pb2
 
 HI = [{"role": "user", "content": "hi"}]
@@ -247,7 +247,7 @@ async def test_readyz_is_503_when_every_breaker_is_open(make_edge, fake_api) -> 
 
 
 async def test_readyz_is_503_when_the_router_fails(make_edge, fake_api) -> None:
-    api = fake_api(error=MeshError(S.UNAVAILABLE, "UNSPECIFIED", "down"))
+    api = fake_api(error=MeshError(S.UNAVAILABLE, Reason.UNSPECIFIED, "down"))
     async with make_edge(api) as edge, edge.http() as http:
         response = await http.get("/readyz")
     assert response.status_code == 503
@@ -271,7 +271,7 @@ async def test_error_event_without_usage_still_ends_the_stream_with_error(
             error=events_pb2.StreamError(code=14, reason="UPSTREAM_INTERRUPTED", message="cut")
         ),
     ]
-    api = fake_api(events=events, error=MeshError(S.UNAVAILABLE, "UPSTREAM_INTERRUPTED", "cut"))
+    api = fake_api(events=events, error=MeshError.of(Reason.UPSTREAM_INTERRUPTED, "cut"))
     async with make_edge(api) as edge, edge.http() as http:
         response = await http.post(
             "/v1/chat/completions", json={"model": "m", "messages": HI, "stream": True}
