@@ -123,7 +123,7 @@ async def _is_draining(mesh: Mesh, replica_id: str) -> bool:
 async def mesh(engines: Engines, pool_token: str) -> AsyncIterator[Mesh]:
     # Generous leases: two engines and the tests share two cores, so reads and heartbeats
     # can run seconds late.
-    pool = await start_pool_server(service_config(pool_token, lease_s=30.0, heartbeat_s=0.5))
+    pool = await start_pool_server(service_config(pool_token, lease_s=120.0, heartbeat_s=0.5))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{pool.port}")
     probes: dict[str, EngineProbe] = {}
     agents: dict[str, tuple[ReplicaAgent, asyncio.Event, asyncio.Task[None]]] = {}
@@ -140,7 +140,7 @@ async def mesh(engines: Engines, pool_token: str) -> AsyncIterator[Mesh]:
             probe,
             channel,
             AgentSettings(
-                pool="gpu", replica_id=rid, token=TOKEN, drain_timeout_s=60, stale_load_s=20
+                pool="gpu", replica_id=rid, token=TOKEN, drain_timeout_s=60, stale_load_s=90
             ),
         )
         stop = asyncio.Event()
