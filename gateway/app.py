@@ -21,6 +21,7 @@ from gateway.errors import log_unexpected
 from gateway.metrics import NO_OBSERVABILITY, EdgeObservability
 from gateway.rate_limit import rate_limit_headers
 from gateway.responses import Exchange, malformed_key, send_error, send_json
+from gateway.settings import GatewaySettings
 from gateway.sse import DisconnectWatch, relay_stream
 from gateway.translate_request import ChatCall, RequestLimits, parse_chat_body
 from gateway.translate_response import completion_body, model_body, model_objects, models_body
@@ -28,7 +29,6 @@ from gateway.usage import USAGE_PATH, no_tenancy, usage_body, usage_request
 from imesh.api import CallContext, ChatAPI, UsageAPI
 from imesh.errors import MeshError, Reason
 from imesh.v1 import chat_service_pb2
-from router.config import GatewaySettings
 
 Handler = Callable[[Exchange, Scope, Receive, Send], Awaitable[None]]
 

@@ -23,7 +23,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from router.loop_histogram import LoopHistogram
+from gateway.loop_histogram import LoopHistogram
 
 # Route labels: the edge's fixed paths; anything else is "other" (never the raw path).
 _ROUTES: dict[str, str] = {

@@ -2,15 +2,14 @@
 
 Embedded (`imesh up`): `serve_gateway` runs uvicorn on the caller's event loop until
 cancelled, calling the router in-process; the process keeps its own signal handling.
-Standalone (`imesh gateway`): `run_standalone` starts N uvicorn workers; each builds one
-`imesh.Client` (one gRPC channel) in its app factory and closes it at shutdown.
+Standalone (`imesh gateway`): the CLI starts N uvicorn workers (router.cli.gateway); each
+builds one `imesh.Client` (one gRPC channel) in its app factory and closes it at shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 from collections.abc import Generator
 
@@ -20,12 +19,9 @@ from starlette.applications import Starlette
 from gateway.app import create_app
 from gateway.http_limits import bounded_protocol
 from gateway.metrics import NO_OBSERVABILITY, EdgeObservability
+from gateway.settings import GatewaySettings, parse_listen
 from imesh.api import ChatAPI, UsageAPI
-from router.config import GatewaySettings, parse_listen
 
-# How the standalone parent hands its config to worker processes (which import the app).
-ENV_ROUTER = "IMESH_GATEWAY_ROUTER"
-ENV_SETTINGS = "IMESH_GATEWAY_SETTINGS"
 # Seconds shutdown waits for in-flight responses (streams) before cancelling them.
 GRACEFUL_S = 10
 
@@ -132,44 +128,3 @@ async def serve_gateway(api: ChatAPI, settings: GatewaySettings, listen: str) ->
         await server.wait()
     finally:
         await server.stop()
-
-
-def run_standalone(router_addr: str, listen: str, workers: int, settings: GatewaySettings) -> None:
-    """`imesh gateway`: N uvicorn workers on uvloop, each with one gRPC client to the router.
-
-    Blocks until SIGINT/SIGTERM.
-    """
-    host, port = parse_listen(listen)
-    os.environ[ENV_ROUTER] = router_addr
-    os.environ[ENV_SETTINGS] = settings.model_dump_json()
-    uvicorn.run(
-        "gateway.server:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http=bounded_protocol(settings.max_header_bytes, settings.max_headers),
-        ws="none",
-        lifespan="on",
-        log_level="info",
-        access_log=False,
-        timeout_graceful_shutdown=GRACEFUL_S,
-    )
-
-
-def app_from_env() -> Starlette:
-    """App factory run in each standalone worker: one imesh.Client, closed at shutdown."""
-    from opentelemetry import trace
-
-    from imesh import Client  # the gRPC client is only needed when deployed apart
-    from router.cli.telemetry import start_telemetry
-
-    settings = GatewaySettings.model_validate_json(os.environ[ENV_SETTINGS])
-    # Before the client's channel exists: tracing instruments channels as they are made.
-    telemetry = start_telemetry("imesh-gateway", os.environ)
-    observability = EdgeObservability(
-        telemetry.registry, trace.get_tracer_provider() if telemetry.tracing else None
-    )
-    client = Client(os.environ[ENV_ROUTER])  # also the UsageAPI, over imesh.v1.UsageService
-    return create_app(client, settings, owns_api=True, observability=observability, usage=client)

@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -18,6 +17,7 @@ from pydantic import (
 )
 
 from adapters.config import AdapterServiceSettings, ProviderConfig, ServerTLS
+from gateway.settings import GatewaySettings, ListenAddress
 from router.tenancy.config import TenancySettings
 from vllm_pool.config import PoolServiceConfig, VllmPoolConfig
 
@@ -31,26 +31,6 @@ PolicyName = Literal[
     "power_of_two",
 ]
 MICROS_PER_USD = 1_000_000
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """ "HOST:PORT" (or "[V6]:PORT") -> (host, port); ValueError naming the input otherwise.
-
-    Port 0 asks the OS for a free port."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
-    if host.startswith("[") != host.endswith("]") or any(c.isspace() for c in host):
-        raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
-    return host.strip("[]"), int(port)
-
-
-def _checked_listen(listen: str) -> str:
-    parse_listen(listen)
-    return listen
-
-
-ListenAddress = Annotated[str, AfterValidator(_checked_listen)]
 
 
 # Every provider kind: the adapters' own and the GPU pool's.
@@ -179,21 +159,6 @@ class RouterSettings(Strict):
     # TLS for callers (mutual TLS with `client_ca`); None: plaintext, for a router that
     # listens on loopback beside its caller.
     tls: ServerTLS | None = None
-
-
-class GatewaySettings(Strict):
-    listen: ListenAddress = "127.0.0.1:8080"
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    # A request's head (request line and headers) beyond either bound gets 431.
-    max_header_bytes: int = Field(64 * 1024, ge=1024)
-    max_headers: int = Field(100, ge=8)
-    # Bounds on a chat request's shape; past one, a 400 names the setting. The router
-    # holds every request to the same defaults (router.validate).
-    max_messages: int = Field(2048, ge=1, le=2048)
-    max_content_parts: int = Field(4096, ge=1, le=4096)
-    max_tools: int = Field(128, ge=0, le=128)
-    # Commas and brackets in a body: bounds the GIL-held JSON parse (see RequestLimits).
-    max_json_values: int = Field(100_000, ge=1000)
 
 
 class MetricsSettings(Strict):

@@ -7,15 +7,9 @@ import json
 import re
 
 from imesh.errors import invalid_argument
+from imesh.limits import MAX_CONTENT_PARTS, MAX_MESSAGES, MAX_STOP_SEQUENCES, MAX_TOOLS
 from imesh.v1 import chat_pb2
 
-# OpenAI's limits, so a request valid here is valid at every provider we translate to.
-MAX_STOP_SEQUENCES = 4
-MAX_TOOLS = 128
-# Bounds on a request's shape, checked before anything walks it: validation, planning and
-# token estimation run on the event loop and cost ~1 us per part.
-MAX_MESSAGES = 2048
-MAX_CONTENT_PARTS = 4096
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _KNOWN_ROLES = frozenset(
     {

@@ -88,7 +88,7 @@ def load_config_or_exit(path: str) -> MeshConfig:
 def usable_listen(what: str, listen: str) -> str:
     """`listen` when it is HOST:PORT and the port can be bound now; else one line naming
     the address, and exit 2 (before anything started: no server left half up)."""
-    from router.config import parse_listen
+    from gateway.settings import parse_listen
 
     try:
         host, port = parse_listen(listen)

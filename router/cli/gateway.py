@@ -44,17 +44,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run_gateway(args: argparse.Namespace) -> int:
-    from router.config import GatewaySettings
+    from gateway.settings import GatewaySettings
 
     if args.workers < 1:
         fail("--workers must be at least 1", 2)
     settings = load_config_or_exit(args.config).gateway if args.config else GatewaySettings()
-    try:
-        from gateway.server import run_standalone
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("gateway.server", "gateway"):
-            raise
-        fail("error: the REST edge (gateway.server) is not available in this install")
+    from router.cli.gateway_workers import run_standalone
+
     try:
         run_standalone(args.router, args.listen or settings.listen, args.workers, settings)
     except ValueError as exc:  # a malformed --listen

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from router.loop_histogram import LoopHistogram
+from gateway.loop_histogram import LoopHistogram
 
 _UNMEASURED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)

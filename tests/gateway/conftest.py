@@ -18,10 +18,11 @@ from openai import AsyncOpenAI, OpenAI
 
 from adapters.simulated import SimulatedBackend
 from gateway.server import GatewayServer, start_gateway
+from gateway.settings import GatewaySettings
 from imesh.api import CallContext, ChatAPI
 from imesh.errors import MeshError
 from imesh.v1 import chat_pb2, chat_service_pb2, events_pb2
-from router.config import GatewaySettings, MeshConfig, parse_config
+from router.config import MeshConfig, parse_config
 from router.recorder import AttemptRecord, RequestRecord
 from router.service import ChatRouter
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from router.config import GatewaySettings
+from gateway.settings import GatewaySettings
 from tests.gateway.conftest import Edge, running_edge
 
 

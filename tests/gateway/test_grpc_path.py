@@ -86,8 +86,8 @@ async def test_run_standalone_serves_the_sdk_from_worker_processes(config_with) 
     async with grpc_router(config_with) as (address, _):
         port = _free_port()
         code = (
-            "from gateway.server import run_standalone\n"
-            "from router.config import GatewaySettings\n"
+            "from router.cli.gateway_workers import run_standalone\n"
+            "from gateway.settings import GatewaySettings\n"
             f"run_standalone({address!r}, '127.0.0.1:{port}', 2, GatewaySettings())\n"
         )
         proc = await asyncio.create_subprocess_exec(

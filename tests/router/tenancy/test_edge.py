@@ -13,10 +13,10 @@ import pytest
 
 from adapters.registry import build_backends
 from gateway.server import GatewayServer, start_gateway
+from gateway.settings import GatewaySettings
 from imesh.client import Client
 from imesh.errors import MeshError, Reason
 from imesh.v1 import chat_pb2, usage_service_pb2
-from router.config import GatewaySettings
 from router.server import RouterServer, start_router_server
 from router.service import ChatRouter
 from router.tenancy.tenancy import Tenancy
