@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from imesh.errors import Reason, classify
 from router.breaker import BreakerState, CircuitBreaker
-from router.loop_histogram import LoopHistogram
+from gateway.loop_histogram import LoopHistogram
 from router.recorder import AttemptKind, AttemptRecord, RequestOutcome, RequestRecord
 from router.stats import StatsRegistry
 
