@@ -26,7 +26,8 @@ class AnthropicMessagesBackend(HttpBackend):
             transport=transport,
         )
 
-    def body(self, request: adapter_service_pb2.GenerateRequest) -> bytes:
+    def body(self, request: adapter_service_pb2.GenerateRequest, *, stream: bool) -> bytes:
+        # Always a stream: `answers_whole` is False, so `stream` is always True here.
         return build_messages_body(
             request.input, request.provider_model, default_max_tokens=self._default_max_tokens
         )

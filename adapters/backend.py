@@ -31,7 +31,15 @@ class Backend(abc.ABC):
     connection to the pool or drops it; nothing is left open.
 
     `deadline` bounds the whole call; past it the call ends with DEADLINE_EXCEEDED.
+
+    `request.whole` says the caller wants the whole answer at once. A backend whose
+    `answers_whole` is True then makes one non-streaming upstream call and yields the
+    answer as one batch (same events, same failure contract); any other backend streams.
     """
+
+    # True when `chat` honours `request.whole` (the router then bounds such a call by its
+    # attempt timeout: the first output is the whole answer).
+    answers_whole: bool = False
 
     @abc.abstractmethod
     def chat(

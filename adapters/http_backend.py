@@ -6,6 +6,12 @@ events, translate them in one pass, yield them as one batch. One ReadTimer bound
 call (first output, then the caller's deadline); httpx's read timeout bounds each silence.
 A subclass says only what differs: the path, the body, the stream translator and, for a
 non-streaming call, how a whole answer becomes events.
+
+A non-streaming call (the provider configured `streaming: false`, or `request.whole` on a
+backend that `answers_whole`) yields the whole answer as one batch. Its status line comes
+only once the answer is ready, so the first-byte bound does not apply to it and httpx's
+read timeout is stretched to the deadline: the deadline (the router's attempt limit)
+bounds the whole call.
 """
 
 from __future__ import annotations
@@ -78,8 +84,9 @@ class HttpBackend(Backend):
         return f"{type(self).__name__}(base_url={self._http.base_url!r})"
 
     @abc.abstractmethod
-    def body(self, request: adapter_service_pb2.GenerateRequest) -> bytes:
-        """The request body (raises MeshError INVALID_REQUEST for what the API refuses)."""
+    def body(self, request: adapter_service_pb2.GenerateRequest, *, stream: bool) -> bytes:
+        """The request body for a streaming or a non-streaming call (raises MeshError
+        INVALID_REQUEST for what the API refuses)."""
 
     @abc.abstractmethod
     def translator(self, request: adapter_service_pb2.GenerateRequest) -> StreamTranslator:
@@ -94,17 +101,23 @@ class HttpBackend(Backend):
     async def chat(
         self, request: adapter_service_pb2.GenerateRequest, deadline: Deadline
     ) -> AsyncIterator[Batch]:
-        http_request = self._http.request(
-            self.path, self.body(request), headers=_SSE_HEADERS if self._streaming else None
-        )
-        first_by = min(deadline, Deadline.after(self._first_byte))
-        await self.gate.acquire(first_by)
+        stream = self._streaming and not (request.whole and self.answers_whole)
+        if stream:
+            http_request = self._http.request(
+                self.path, self.body(request, stream=True), headers=_SSE_HEADERS
+            )
+            first_by = min(deadline, Deadline.after(self._first_byte))
+        else:
+            http_request = self._http.request(
+                self.path, self.body(request, stream=False), read_timeout=deadline.remaining()
+            )
+            first_by = deadline
+        await self.gate.acquire(min(deadline, Deadline.after(self._first_byte)))
         timer = ReadTimer(first_by.loop_at())
         response: httpx.Response | None = None
         try:
             response = await self._open(http_request, timer, deadline)
-            if not self._streaming:
-                timer.reschedule(deadline.loop_at())  # the status line came: now the deadline
+            if not stream:
                 yield await self._whole(response, timer, request)
                 return
             translator = self.translator(request)
@@ -202,7 +215,7 @@ class HttpBackend(Backend):
                 body = await response.aread()
         except TimeoutError:
             raise upstream_timeout(
-                self.provider, "deadline passed while reading the answer"
+                self.provider, "deadline passed before the whole answer came"
             ) from None
         except httpx.HTTPError as exc:
             raise self._read_failed(exc) from None

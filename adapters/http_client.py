@@ -15,6 +15,7 @@ here: the config's URL, or HTTPS_PROXY / HTTP_PROXY / NO_PROXY for the provider'
 
 from __future__ import annotations
 
+import math
 import ssl
 import urllib.request
 from collections.abc import Mapping
@@ -53,14 +54,22 @@ class ProviderHttp:
         self.timeout = httpx.Timeout(
             connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=timeouts.pool
         ).as_dict()
+        self._read = timeouts.read
         self._urls: dict[str, httpx.URL] = {}
         # W3C traceparent to the provider (or vLLM) while tracing is on; nothing when off.
         self._traced = _tracing()
 
     def request(
-        self, path: str, body: bytes, *, headers: Mapping[str, str] | None = None
+        self,
+        path: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        read_timeout: float | None = None,
     ) -> httpx.Request:
-        """A POST of `body` to the base URL + `path`."""
+        """A POST of `body` to the base URL + `path`. `read_timeout` stretches the read
+        timeout for this call when longer (a non-streaming answer is one long silence;
+        `math.inf`: keep the configured one)."""
         url = self._urls.get(path)
         if url is None:
             url = self._urls[path] = httpx.URL(self.base_url + path)
@@ -71,8 +80,11 @@ class ProviderHttp:
                 all_headers.update(headers)
             if self._traced:
                 propagate.inject(all_headers)  # the current span: the call's attempt
+        timeout = self.timeout
+        if read_timeout is not None and self._read < read_timeout < math.inf:
+            timeout = {**timeout, "read": read_timeout}
         return httpx.Request(
-            "POST", url, headers=all_headers, content=body, extensions={"timeout": self.timeout}
+            "POST", url, headers=all_headers, content=body, extensions={"timeout": timeout}
         )
 
     async def send(self, request: httpx.Request) -> httpx.Response:

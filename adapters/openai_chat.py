@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import httpx
 
 from adapters.backend import Batch
@@ -20,10 +23,16 @@ class OpenAIStyleBackend(HttpBackend):
     """The Chat Completions wire protocol; a dialect says what the server supports."""
 
     path = "/chat/completions"
+    answers_whole = True
     dialect: OpenAIDialect
 
-    def body(self, request: adapter_service_pb2.GenerateRequest) -> bytes:
-        return build_chat_body(request.input, request.provider_model, self.dialect)
+    def body(self, request: adapter_service_pb2.GenerateRequest, *, stream: bool) -> bytes:
+        dialect = self.dialect if stream == self.dialect.stream else self._other_dialect
+        return build_chat_body(request.input, request.provider_model, dialect)
+
+    @functools.cached_property
+    def _other_dialect(self) -> OpenAIDialect:
+        return dataclasses.replace(self.dialect, stream=not self.dialect.stream)
 
     def translator(self, request: adapter_service_pb2.GenerateRequest) -> OpenAIStreamTranslator:
         return OpenAIStreamTranslator(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from adapters.backend import Backend, Batch
-from adapters.deadline import Deadline
+from adapters.deadline import NO_DEADLINE, Deadline
 from adapters.read_timer import ReadTimer
 from imesh.errors import MeshError, Reason
 from imesh.v1 import adapter_service_pb2, events_pb2
@@ -41,6 +41,12 @@ class Attempt:
     One ReadTimer (not tied to a task: the stream changes readers) bounds every read:
     first the first-token limit, rescheduled at the first output to the attempt's limit;
     the request's deadline bounds both.
+
+    A `whole` attempt (a unary caller, a backend that `answers_whole`, no hedging) asks
+    for the whole answer in one non-streaming upstream call. Its first output is the whole
+    answer, so the attempt timeout bounds it instead of the first-token timeout, and it
+    has no time to first token (it feeds no TTFT statistics). Hedged requests stream: a
+    hedge delay is a first token's p95, which nearly every whole answer would exceed.
     """
 
     def __init__(
@@ -71,12 +77,19 @@ class Attempt:
         self.record: AttemptRecord | None = None
         plan = scope.plan
         self.prompt_tokens_estimate = plan.prompt_tokens_estimate if plan is not None else 0
+        self.whole = (
+            scope.whole
+            and backend.answers_whole
+            and not (plan is not None and plan.hedging.enabled)
+        )
         self._backend = backend
         self._recorder = recorder
         self._on_ready = on_ready
         self._timer = ReadTimer(None)
         self._attempt_deadline = min(Deadline(self.started_at + timeouts.attempt), scope.deadline)
-        self._first_token_at = Deadline(self.started_at + timeouts.first_token)
+        self._first_token_at = (
+            NO_DEADLINE if self.whole else Deadline(self.started_at + timeouts.first_token)
+        )
         self._first_deadline = min(self._first_token_at, self._attempt_deadline)
         self._stream: AsyncIterator[Batch] | None = None
         self._handed_over: asyncio.Future[None] | None = None
@@ -98,7 +111,9 @@ class Attempt:
 
     @property
     def ttft_s(self) -> float | None:
-        return None if self.first_output_at is None else self.first_output_at - self.started_at
+        if self.first_output_at is None or self.whole:
+            return None
+        return self.first_output_at - self.started_at
 
     @property
     def task(self) -> asyncio.Task[None]:
@@ -161,7 +176,10 @@ class Attempt:
     async def _open(self) -> None:
         deployment = self.candidate.deployment
         generate = adapter_service_pb2.GenerateRequest(
-            input=self.scope.request, provider_model=deployment.model, deployment=deployment.name
+            input=self.scope.request,
+            provider_model=deployment.model,
+            deployment=deployment.name,
+            whole=self.whole,
         )
         self._ran = True
         self._timer.reschedule(self._first_deadline.loop_at())

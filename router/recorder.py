@@ -225,7 +225,7 @@ class Recorder:
         latency = ended_at - scope.started_at
         ttft = (
             winner.first_output_at - scope.started_at
-            if winner is not None and winner.first_output_at is not None
+            if winner is not None and winner.first_output_at is not None and not winner.whole
             else None
         )
         record = RequestRecord(

@@ -55,6 +55,8 @@ class RequestScope:
     backoff_s: float = 0.0  # spent waiting between retries
     winner: Attempt | None = None
     span: Span | None = None  # the request's span while tracing is on (router.tracing)
+    # The caller's call is unary: attempts ask for whole answers (GenerateRequest.whole).
+    whole: bool = False
     # The caller's standing against its rate limits, set by an admitter (tenancy); the
     # router stamps it on the start event.
     rate_limit: events_pb2.RateLimitStatus | None = None

@@ -87,12 +87,17 @@ class ChatRouter:
         """Some deployment can take traffic (its breaker is closed)."""
         return any(b.state is BreakerState.CLOSED for b in self.breakers.values())
 
-    async def chat_batches(
+    def chat_batches(
         self, request: chat_pb2.ChatInput, ctx: CallContext
     ) -> AsyncGenerator[Batch, None]:
         """The primary path: batches as the winner's upstream delivered them. The first
         holds start and the first output, never held back; the last holds usage and
         finish (or the error event, then the error is raised)."""
+        return self._batches(request, ctx, whole=False)
+
+    async def _batches(
+        self, request: chat_pb2.ChatInput, ctx: CallContext, *, whole: bool
+    ) -> AsyncGenerator[Batch, None]:
         timeout = self._timeouts.request
         if ctx.timeout is not None:
             timeout = min(timeout, ctx.timeout)
@@ -101,6 +106,7 @@ class ChatRouter:
             caller=ANONYMOUS,
             request=request,
             deadline=Deadline.after(timeout),
+            whole=whole,
         )
         self.recorder.begin_request(scope)
         outcome = RequestOutcome.CANCELLED
@@ -161,7 +167,10 @@ class ChatRouter:
     async def chat(
         self, request: chat_pb2.ChatInput, ctx: CallContext
     ) -> chat_service_pb2.ChatResponse:
-        return await aggregate(self.chat_batches(request, ctx))
+        """The unary answer. Backends that can are asked for the whole answer in one
+        non-streaming upstream call (cheaper than a stream for a caller that waits for
+        the end anyway: bench/results/transports.md); the answer is the same."""
+        return await aggregate(self._batches(request, ctx, whole=True))
 
     async def list_models(self, ctx: CallContext) -> chat_service_pb2.ListModelsResponse:
         await self._auth.authenticate(ctx.api_key)

@@ -26,7 +26,7 @@ from imesh.v1 import chat_pb2 as imesh_dot_v1_dot_chat__pb2
 from imesh.v1 import events_pb2 as imesh_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eimesh/v1/adapter_service.proto\x12\x08imesh.v1\x1a\x13imesh/v1/chat.proto\x1a\x15imesh/v1/events.proto\"a\n\x0fGenerateRequest\x12\"\n\x05input\x18\x01 \x01(\x0b\x32\x13.imesh.v1.ChatInput\x12\x16\n\x0eprovider_model\x18\x02 \x01(\t\x12\x12\n\ndeployment\x18\x03 \x01(\t\"7\n\x10GenerateResponse\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.imesh.v1.ChatEvent2U\n\x0e\x41\x64\x61pterService\x12\x43\n\x08Generate\x12\x19.imesh.v1.GenerateRequest\x1a\x1a.imesh.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eimesh/v1/adapter_service.proto\x12\x08imesh.v1\x1a\x13imesh/v1/chat.proto\x1a\x15imesh/v1/events.proto\"p\n\x0fGenerateRequest\x12\"\n\x05input\x18\x01 \x01(\x0b\x32\x13.imesh.v1.ChatInput\x12\x16\n\x0eprovider_model\x18\x02 \x01(\t\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\r\n\x05whole\x18\x04 \x01(\x08\"7\n\x10GenerateResponse\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.imesh.v1.ChatEvent2U\n\x0e\x41\x64\x61pterService\x12\x43\n\x08Generate\x12\x19.imesh.v1.GenerateRequest\x1a\x1a.imesh.v1.GenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,9 +34,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'imesh.v1.adapter_service_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST']._serialized_start=88
-  _globals['_GENERATEREQUEST']._serialized_end=185
-  _globals['_GENERATERESPONSE']._serialized_start=187
-  _globals['_GENERATERESPONSE']._serialized_end=242
-  _globals['_ADAPTERSERVICE']._serialized_start=244
-  _globals['_ADAPTERSERVICE']._serialized_end=329
+  _globals['_GENERATEREQUEST']._serialized_end=200
+  _globals['_GENERATERESPONSE']._serialized_start=202
+  _globals['_GENERATERESPONSE']._serialized_end=257
+  _globals['_ADAPTERSERVICE']._serialized_start=259
+  _globals['_ADAPTERSERVICE']._serialized_end=344
 # @@protoc_insertion_point(module_scope)

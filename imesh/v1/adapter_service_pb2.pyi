@@ -27,10 +27,16 @@ class GenerateRequest(_message.Message):
     INPUT_FIELD_NUMBER: _builtins.int
     PROVIDER_MODEL_FIELD_NUMBER: _builtins.int
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    WHOLE_FIELD_NUMBER: _builtins.int
     provider_model: _builtins.str
     """The provider's model id to call."""
     deployment: _builtins.str
     """The router's deployment name, for the adapter's logs and metrics."""
+    whole: _builtins.bool
+    """The caller wants the whole answer at once (a unary call). A backend that can make a
+    non-streaming upstream call makes one and yields the answer as one batch; any other
+    streams as usual. The events are the same either way.
+    """
     @_builtins.property
     def input(self) -> _chat_pb2.ChatInput: ...
     def __init__(
@@ -39,10 +45,11 @@ class GenerateRequest(_message.Message):
         input: _chat_pb2.ChatInput | None = ...,
         provider_model: _builtins.str = ...,
         deployment: _builtins.str = ...,
+        whole: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "input", b"input", "provider_model", b"provider_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "input", b"input", "provider_model", b"provider_model", "whole", b"whole"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
