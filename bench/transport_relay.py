@@ -31,7 +31,7 @@ def _httpx_default() -> httpx.AsyncBaseTransport:
 
 
 def _httpx_sharded() -> httpx.AsyncBaseTransport:
-    from adapters.sharded_transport import ShardedTransport
+    from bench.sharded_transport import ShardedTransport
 
     return ShardedTransport(max_connections=MAX_CONNECTIONS, http2=False)
 

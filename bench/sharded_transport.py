@@ -1,4 +1,5 @@
-"""ShardedTransport: one adapter's connections spread over several small httpx pools.
+"""ShardedTransport: connections spread over several small httpx pools, a candidate in the
+bench's transport comparison (bench/transport_relay.py); the adapters no longer use it.
 
 httpcore's pool re-scans every connection (with a readability syscall each) for every
 request it assigns and every response it closes, so its cost per request grows with the
@@ -20,7 +21,7 @@ SHARD_CONNECTIONS = 8
 
 
 class ShardedTransport(httpx.AsyncBaseTransport):
-    """Lifecycle: built once per adapter, shared by every call, `aclose()` at shutdown."""
+    """Lifecycle: built once per relay, shared by every call, `aclose()` at shutdown."""
 
     def __init__(
         self,
