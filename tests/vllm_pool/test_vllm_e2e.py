@@ -45,9 +45,11 @@ from tests.vllm_pool.vllm_engines import (
 from tests.vllm_pool.vllm_env import VllmEnvError, ensure
 from vllm_pool.agent import AgentError, AgentSettings, ReplicaAgent
 from vllm_pool.backend import PoolBackend
+from vllm_pool.config import VllmPoolConfig
 from vllm_pool.engine_probe import EngineProbe, GrpcEngineProbe, HttpEngineProbe
 from vllm_pool.replica import PoolReplica
 from vllm_pool.server import PoolServer, start_pool_server
+from vllm_pool.view import PoolView
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
@@ -267,21 +269,42 @@ async def test_usage_equals_vllms_own_token_counts(
         assert usage.completion_tokens == generated
 
 
-async def test_load_aware_picking_prefers_the_idle_replica(mesh: Mesh, engines: Engines) -> None:
+async def test_load_aware_picking_prefers_the_idle_replica(
+    mesh: Mesh, engines: Engines, pool_token: str
+) -> None:
+    # Without affinity, so the load score alone decides (bounded-load affinity may keep a
+    # prefix on a replica under its bound: tests/vllm_pool/test_picker.py pins that).
+    by_load = PoolBackend(
+        VllmPoolConfig(
+            kind="vllm_pool",
+            pool="gpu",
+            address=f"127.0.0.1:{mesh.pool.port}",
+            token=pool_token,
+            affinity_prefix_chars=0,
+        )
+    )
     async with httpx.AsyncClient(base_url=engines.http.address, timeout=120) as http:
         busy = [asyncio.create_task(_keep_busy(http, i)) for i in range(4)]
-        await until(lambda: _reported_busy(mesh, "http-0", 3), timeout_s=60)
-        before = mesh.calls()
+        await until(lambda: _busy_in(by_load.view, "http-0", 3), timeout_s=60)
 
         for i in range(6):
-            await stream(mesh, chat(f"an unrelated question number {i}", max_tokens=2))
+            request = _generate(chat(f"an unrelated question number {i}", max_tokens=2))
+            async for _ in by_load.chat(request, Deadline.after(60)):
+                pass
 
         for task in busy:
             task.cancel()  # the engine aborts a request whose client hung up
         await asyncio.gather(*busy, return_exceptions=True)
-    after = mesh.calls()
+    calls = {r.id: r.calls for r in by_load.view.replicas()}
+    await by_load.aclose()
 
-    assert after["grpc-0"] - before["grpc-0"] == 6
+    assert calls == {"grpc-0": 6, "http-0": 0}
+
+
+async def _busy_in(view: PoolView, replica_id: str, at_least: int) -> bool:
+    view.start()
+    load = next((r.record.load for r in view.replicas() if r.id == replica_id), None)
+    return load is not None and load.running + load.waiting >= at_least
 
 
 async def _keep_busy(http: httpx.AsyncClient, n: int) -> None:
@@ -295,11 +318,6 @@ async def _keep_busy(http: httpx.AsyncClient, n: int) -> None:
     }
     while True:
         await http.post("/v1/chat/completions", json=body)
-
-
-async def _reported_busy(mesh: Mesh, replica_id: str, at_least: int) -> bool:
-    load = mesh.replica(replica_id).record.load
-    return load.running + load.waiting >= at_least
 
 
 async def test_prefix_affinity_sends_a_repeated_prefix_to_the_same_replica(mesh: Mesh) -> None:
