@@ -16,6 +16,7 @@ inference-mesh: a gRPC-native LLM inference mesh.
 Run it:      imesh up | imesh router | imesh adapter NAME | imesh gateway
 Talk to it:  imesh chat "prompt" | imesh models
 Tenants:     imesh keys create|list|revoke|rotate | imesh usage
+GPU pool:    imesh pool serve|list|drain | imesh replica-agent --vllm URL
 Measure it:  imesh bench
 Logging:     IMESH_LOG_LEVEL=DEBUG|INFO|WARNING|ERROR (services default to INFO),
              IMESH_LOG_FORMAT=text|json (default: text on a terminal, else JSON lines)
