@@ -1,5 +1,9 @@
 """The edge's telemetry: request metrics and a SERVER span per HTTP request, as one raw ASGI
-middleware, and the `/metrics` endpoint that serves the process's registry.
+middleware, and the `/metrics` endpoint that serves the edge's own figures.
+
+The edge's port is public: its `/metrics` never serves the process's registry, which in
+`imesh up` holds the router's per-tenant series (spend, tokens, limits left). Those are
+served only on the internal metrics port (`--metrics`), beside the edge's figures.
 
 The span continues the caller's W3C trace context (`traceparent` header) and is current
 while the handler runs, so the in-process router's spans (`imesh up`) and the gRPC client's
@@ -11,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
@@ -47,15 +51,18 @@ def route_label(path: str) -> str:
 
 
 class EdgeMetrics(Collector):
-    """The edge's figures, as plain numbers rendered when Prometheus scrapes (registered
-    once on the process's registry). The requests and the scrape (`/metrics`, or the
-    metrics port in `imesh up`) share the event loop, so no lock is needed."""
+    """The edge's figures, as plain numbers rendered when Prometheus scrapes. Registered on
+    the process's registry (the internal metrics port) and on `public`, a registry of its
+    own that the edge's `/metrics` serves. The requests and the scrape share the event
+    loop, so no lock is needed."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.in_flight = 0
         self._answered: dict[tuple[str, str], int] = {}
         self._durations: dict[str, LoopHistogram] = {}
         registry.register(self)
+        self.public = CollectorRegistry()
+        self.public.register(self)
 
     def observe(self, route: str, code: int, seconds: float) -> None:
         key = (route, str(code))
@@ -176,7 +183,7 @@ class EdgeTelemetry:
 
 
 class MetricsEndpoint:
-    """`GET /metrics`: the registry in the Prometheus text format."""
+    """`GET /metrics`: a registry in the Prometheus text format."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._registry = registry
@@ -193,23 +200,31 @@ class MetricsEndpoint:
 
 @dataclass(frozen=True, slots=True)
 class EdgeObservability:
-    """What the edge exposes, given by the composition root: metrics on `registry` (and
-    `GET /metrics` serving it), spans from `tracer_provider`. The default is both off:
-    the app then runs without the middleware."""
+    """What the edge exposes, given by the composition root: its metrics registered on
+    `registry` (the process's, for the internal metrics port) and `GET /metrics` serving
+    the edge's figures alone; spans from `tracer_provider`. The default is both off: the
+    app then runs without the middleware. One per app: building it registers the edge's
+    metrics."""
 
     registry: CollectorRegistry | None = None
     tracer_provider: trace.TracerProvider | None = None
+    metrics: EdgeMetrics | None = field(init=False, default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.registry is not None:
+            object.__setattr__(self, "metrics", EdgeMetrics(self.registry))
 
     def routes(self) -> list[Route]:
-        if self.registry is None:
+        if self.metrics is None:
             return []
-        return [Route("/metrics", MetricsEndpoint(self.registry), methods=["GET"])]
+        return [Route("/metrics", MetricsEndpoint(self.metrics.public), methods=["GET"])]
 
     def middleware(self) -> list[Middleware]:
-        if self.registry is None and self.tracer_provider is None:
+        if self.metrics is None and self.tracer_provider is None:
             return []
-        metrics = None if self.registry is None else EdgeMetrics(self.registry)
-        return [Middleware(EdgeTelemetry, metrics=metrics, tracer_provider=self.tracer_provider)]
+        return [
+            Middleware(EdgeTelemetry, metrics=self.metrics, tracer_provider=self.tracer_provider)
+        ]
 
 
 NO_OBSERVABILITY = EdgeObservability()

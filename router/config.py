@@ -164,7 +164,8 @@ class RouterSettings(Strict):
 class MetricsSettings(Strict):
     """Prometheus metrics of a service process (IMESH_METRICS=0 turns them off)."""
 
-    # Serve GET /metrics here ("host:port"); None: only the edge's /metrics, if any.
+    # Serve GET /metrics here ("host:port"): every figure of the process, per-tenant ones
+    # included. None: not served (the edge's public /metrics has only the edge's figures).
     listen: str | None = None
     # Per-tenant series multiply with the tenants; large deployments turn the label off.
     tenant_label: bool = True

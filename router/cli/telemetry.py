@@ -106,7 +106,8 @@ class Telemetry:
         return int(server.sockets[0].getsockname()[1])
 
     def edge(self) -> EdgeObservability:
-        """What the REST edge of this process exposes."""
+        """What the REST edge of this process exposes: its figures on this registry (the
+        internal metrics port) and, on its public `/metrics`, those alone. Once per app."""
         from gateway.metrics import EdgeObservability
 
         return EdgeObservability(self.registry, self._provider)

@@ -1,6 +1,7 @@
-"""The edge's telemetry: `/metrics` (edge and router families on one registry) parses,
-its labels stay bounded whatever paths and request ids callers send, and the edge's span
-continues the caller's trace with the router's spans under it."""
+"""The edge's telemetry: the public `/metrics` parses and serves the edge's figures alone
+(the router's per-tenant families stay on the process's registry, for the internal metrics
+port), its labels stay bounded whatever paths and request ids callers send, and the edge's
+span continues the caller's trace with the router's spans under it."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def series(text: str) -> int:
     return sum(len(family.samples) for family in text_string_to_metric_families(text))
 
 
-async def test_metrics_parse_and_count_the_edge_and_the_router_on_one_registry(
+async def test_public_metrics_serve_the_edge_alone_and_the_registry_holds_the_router_too(
     metered: tuple[Edge, CollectorRegistry],
 ) -> None:
     edge, registry = metered
@@ -79,8 +80,17 @@ async def test_metrics_parse_and_count_the_edge_and_the_router_on_one_registry(
         reply = await http.get("/metrics")
     assert reply.status_code == 200
     assert reply.headers["content-type"].startswith("text/plain")
-    families = {f.name: f for f in text_string_to_metric_families(reply.text)}
-    assert {"imesh_edge_requests", "imesh_requests", "imesh_breaker_state"} <= families.keys()
+    public = {f.name for f in text_string_to_metric_families(reply.text)}
+    assert public == {
+        "imesh_edge_requests",
+        "imesh_edge_request_duration_seconds",
+        "imesh_edge_in_flight_requests",
+    }
+    assert "tenant=" not in reply.text
+    # The internal metrics port serves the process's registry: edge and router, tenants too.
+    internal = {f.name: f for f in registry.collect()}
+    assert {"imesh_edge_requests", "imesh_requests", "imesh_tokens"} <= internal.keys()
+    assert any("tenant" in s.labels for s in internal["imesh_tokens"].samples)
     get = registry.get_sample_value
     assert get("imesh_edge_requests_total", {"route": "chat_completions", "code": "200"}) == 1
     assert get("imesh_edge_requests_total", {"route": "other", "code": "404"}) == 1
