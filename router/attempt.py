@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
@@ -22,6 +23,8 @@ from router.scope import RequestScope
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
+
+log = logging.getLogger(__name__)
 
 
 class Attempt:
@@ -241,21 +244,30 @@ class Attempt:
 
     async def _end(self, error: MeshError | None) -> None:
         """The stream ended by itself (error None) or failed: close it, record it."""
-        await self._aclose_stream()
         self.error = error
-        self._finish(outcome_of(error), error)
+        try:
+            await self._aclose_stream()
+        finally:  # even when closing is cancelled: the permit and slots come back
+            self._finish(outcome_of(error), error)
 
     async def _abandon(self) -> None:
         """The request let go of a live attempt (a loser, or the caller went away)."""
-        await self._aclose_stream()
-        self._finish(Outcome.SUCCESS if self.ended_clean else Outcome.CANCELLED, None)
+        try:
+            await self._aclose_stream()
+        finally:
+            self._finish(Outcome.SUCCESS if self.ended_clean else Outcome.CANCELLED, None)
 
     async def _aclose_stream(self) -> None:
+        """Closes the backend stream; a stream that fails to close is closed as far as the
+        attempt goes (logged: the backend's bug, not the request's)."""
         self._timer.cancel()
         stream, self._stream = self._stream, None
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
-            await aclose()
+            try:
+                await aclose()
+            except Exception:
+                log.exception("%s: closing the backend stream failed", self.deployment)
 
     def _finish(self, outcome: Outcome, error: MeshError | None, *, sent: bool = True) -> None:
         if self.record is not None:

@@ -138,11 +138,20 @@ class Run:
         for attempt in attempts:
             if attempt is not self._winner:
                 attempt.cancel()
+        interrupted: BaseException | None = None
         pending = [a.task for a in attempts if not a.task.done()]
         if pending:
-            await asyncio.wait(pending)
+            try:
+                await asyncio.wait(pending)
+            except BaseException as exc:  # a second cancel: still close every attempt
+                interrupted = exc
         for attempt in attempts:
-            await attempt.close()
+            try:
+                await attempt.close()
+            except BaseException as exc:  # each attempt is closed whatever another did
+                interrupted = interrupted or exc
+        if interrupted is not None:
+            raise interrupted
 
     # -- racing: until one attempt has output -------------------------------------------
 

@@ -136,9 +136,11 @@ class ChatRouter:
             error = MeshError.of(Reason.INTERNAL, f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            if run is not None:
-                await run.close()  # every attempt ended and recorded
-            self._settle(scope, ticket, outcome, error)  # settle
+            try:
+                if run is not None:
+                    await run.close()  # every attempt ended and recorded
+            finally:  # even when closing was cut short: the ticket must not leak
+                self._settle(scope, ticket, outcome, error)  # settle
 
     def _settle(
         self,
