@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from adapters.token_estimate import estimate_prompt_tokens
 from imesh.errors import MeshError, Reason
@@ -83,7 +83,7 @@ class TenantAdmitter:
         self._limiter = limiter
         self._estimator = estimator
         self._overload = overload
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Future[Any]] = set()
         self.in_flight = 0
         # Each tenant's standing after its latest admission (metrics read it at scrape).
         self.standing: dict[str, RateFigures] = {}
@@ -105,7 +105,16 @@ class TenantAdmitter:
                 f"the router is shedding priority {tenant.priority} under load; retry shortly",
                 retry_after=1.0,
             )
-        grant = await self._limiter.reserve(tenant, self._estimator.estimate(name, scope.request))
+        reservation = self._estimator.estimate(name, scope.request)
+        reserving = asyncio.ensure_future(self._limiter.reserve(tenant, reservation))
+        try:
+            # Shielded: once the script ran in Redis, the grant exists whether or not the
+            # caller is still there to take it.
+            grant = await asyncio.shield(reserving)
+        except asyncio.CancelledError:
+            self._settling.add(reserving)  # aclose() waits for it too
+            reserving.add_done_callback(self._release_orphan)
+            raise
         self.standing[name] = grant.figures
         scope.rate_limit = grant.figures.to_proto()  # the start event carries it to the caller
         self.in_flight += 1
@@ -113,20 +122,29 @@ class TenantAdmitter:
 
     def _settle(self, grant: Grant, tokens: int, cost_micros: int) -> None:
         self.in_flight -= 1
+        self._settle_later(grant, tokens, cost_micros)
+
+    def _release_orphan(self, reserving: asyncio.Future[Grant]) -> None:
+        """A grant made for a caller cancelled while it was on its way: give it back."""
+        self._settling.discard(reserving)
+        if not reserving.cancelled() and reserving.exception() is None:
+            self._settle_later(reserving.result(), 0, 0)
+
+    def _settle_later(self, grant: Grant, tokens: int, cost_micros: int) -> None:
         task = asyncio.get_running_loop().create_task(
             self._limiter.settle(grant, tokens, cost_micros), name="tenancy-settle"
         )
         self._settling.add(task)
         task.add_done_callback(self._settled)
 
-    def _settled(self, task: asyncio.Task[None]) -> None:
+    def _settled(self, task: asyncio.Future[None]) -> None:
         self._settling.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("tenancy: settling a reservation failed", exc_info=task.exception())
 
     async def settled(self) -> None:
         """Returns once every settlement begun so far has ended."""
-        if self._settling:
+        while self._settling:  # a grant that arrives late starts its own settlement
             await asyncio.gather(*self._settling, return_exceptions=True)
 
     async def aclose(self) -> None:
