@@ -10,9 +10,9 @@ so the labels stay bounded. Probes (grpc.health) are left out.
 from __future__ import annotations
 
 import functools
-import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -21,13 +21,13 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.loop_histogram import LoopHistogram
+from router.cli.grpc_handlers import observed, wrap_handler
 
-_UNMEASURED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 if TYPE_CHECKING:  # generic in the stubs only
-    _Handler = grpc.RpcMethodHandler[Any, Any]
-    _Context = grpc.aio.ServicerContext[Any, Any]
+    from router.cli.grpc_handlers import Context, Handler
+
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
     _ServerInterceptor = grpc.aio.ServerInterceptor
@@ -44,52 +44,24 @@ class GrpcServerMetrics(_ServerInterceptor, Collector):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler:
+    ) -> Handler:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or method.startswith(_UNMEASURED_PREFIXES):
+        if handler is None or not observed(method):
             return handler
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._measured(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._measured(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return wrap_handler(handler, functools.partial(self._measuring, method))
 
-    def _measured(self, behavior: Any, method: str) -> Any:
-        if inspect.isasyncgenfunction(behavior):
+    @contextmanager
+    def _measuring(self, method: str, context: Context) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._observe(method, context, started)
 
-            @functools.wraps(behavior)
-            async def measured_gen(request: Any, context: _Context) -> AsyncIterator[Any]:
-                started = time.perf_counter()
-                try:
-                    async for response in behavior(request, context):
-                        yield response
-                finally:
-                    self._observe(method, context, started)
-
-            return measured_gen
-
-        @functools.wraps(behavior)
-        async def measured(request: Any, context: _Context) -> Any:
-            started = time.perf_counter()
-            try:
-                return await behavior(request, context)
-            finally:
-                self._observe(method, context, started)
-
-        return measured
-
-    def _observe(self, method: str, context: _Context, started: float) -> None:
+    def _observe(self, method: str, context: Context, started: float) -> None:
         seconds = time.perf_counter() - started
         code = context.code()
         # An aborted call has its code set; one that ended by itself has none (OK), and a

@@ -11,8 +11,7 @@ interceptor, which injects `traceparent` into outgoing metadata.
 from __future__ import annotations
 
 import functools
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -20,12 +19,12 @@ import grpc
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 
-# Probes and reflection say nothing about requests, and would be most of the spans.
-_UNTRACED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+from router.cli.grpc_handlers import observed, wrap_handler
 
 _Metadata = Sequence[tuple[str, str | bytes]]
 if TYPE_CHECKING:  # generic in the stubs only
-    _Handler = grpc.RpcMethodHandler[Any, Any]
+    from router.cli.grpc_handlers import Context, Handler
+
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
     _ServerInterceptor = grpc.aio.ServerInterceptor
@@ -53,31 +52,17 @@ class TracingServerInterceptor(_ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler:
+    ) -> Handler:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or method.startswith(_UNTRACED_PREFIXES):
+        if handler is None or not observed(method):
             return handler
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # client-streaming methods: none in this mesh
+        return wrap_handler(handler, functools.partial(self._span, method))
 
     @contextmanager
-    def _span(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[None]:
+    def _span(self, method: str, context: Context) -> Iterator[None]:
         metadata: _Metadata = tuple(context.invocation_metadata() or ())
         parent = propagate.extract(metadata, getter=_GETTER)
         service, _, name = method.lstrip("/").partition("/")
@@ -88,29 +73,3 @@ class TracingServerInterceptor(_ServerInterceptor):
             attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
         ):
             yield
-
-    def _unary(self, behavior: Any, method: str) -> Any:
-        @functools.wraps(behavior)
-        async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            with self._span(method, context):
-                return await behavior(request, context)
-
-        return traced
-
-    def _streaming(self, behavior: Any, method: str) -> Any:
-        if inspect.isasyncgenfunction(behavior):
-
-            async def traced_gen(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                with self._span(method, context):
-                    async for response in behavior(request, context):
-                        yield response
-
-            return traced_gen
-
-        async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            with self._span(method, context):
-                return await behavior(request, context)
-
-        return traced
