@@ -1,10 +1,11 @@
-"""Anthropic's Messages API as a Backend, always streaming."""
+"""Anthropic's Messages API as a Backend: streaming, or one whole message for a unary caller."""
 
 from __future__ import annotations
 
 import httpx
 
 from adapters.anthropic_translate import AnthropicStreamTranslator, build_messages_body
+from adapters.backend import Batch
 from adapters.config import AnthropicConfig
 from adapters.http_backend import HttpBackend
 from imesh.v1 import adapter_service_pb2
@@ -13,6 +14,7 @@ from imesh.v1 import adapter_service_pb2
 class AnthropicMessagesBackend(HttpBackend):
     provider = "anthropic"
     path = "/v1/messages"
+    answers_whole = True
 
     def __init__(
         self, config: AnthropicConfig, *, transport: httpx.AsyncBaseTransport | None = None
@@ -27,12 +29,19 @@ class AnthropicMessagesBackend(HttpBackend):
         )
 
     def body(self, request: adapter_service_pb2.GenerateRequest, *, stream: bool) -> bytes:
-        # Always a stream: `answers_whole` is False, so `stream` is always True here.
         return build_messages_body(
-            request.input, request.provider_model, default_max_tokens=self._default_max_tokens
+            request.input,
+            request.provider_model,
+            default_max_tokens=self._default_max_tokens,
+            stream=stream,
         )
 
     def translator(self, request: adapter_service_pb2.GenerateRequest) -> AnthropicStreamTranslator:
         return AnthropicStreamTranslator(
             request.input, self._counter, provider=self.provider, secrets=self._secrets
         )
+
+    async def whole_answer(
+        self, answer: dict[str, object], request: adapter_service_pb2.GenerateRequest
+    ) -> Batch:
+        return await self.translator(request).whole(answer)

@@ -43,9 +43,9 @@ def json_mode(chat: chat_pb2.ChatInput) -> bool:
 
 
 def build_messages_body(
-    chat: chat_pb2.ChatInput, provider_model: str, *, default_max_tokens: int
+    chat: chat_pb2.ChatInput, provider_model: str, *, default_max_tokens: int, stream: bool = True
 ) -> bytes:
-    """The request body for POST /v1/messages (always streaming)."""
+    """The request body for POST /v1/messages, streaming or not."""
     raw = JsonBody()
     system: list[str] = []
     messages: list[dict[str, Any]] = []
@@ -105,7 +105,8 @@ def build_messages_body(
         body["stop_sequences"] = list(chat.stop)
     if chat.user:
         body["metadata"] = {"user_id": chat.user}
-    body["stream"] = True
+    if stream:
+        body["stream"] = True
     return raw.encode(body)
 
 
@@ -124,7 +125,36 @@ class AnthropicStreamTranslator(TranslatorState):
         data = orjson.loads(event.data)
         if not isinstance(data, dict):
             raise ValueError("event data is not an object")
-        kind = data.get("type") or event.event
+        self._event(data.get("type") or event.event, data, out, named=event.event)
+
+    async def whole(self, answer: dict[str, Any]) -> list[events_pb2.ChatEvent]:
+        """A whole `message` object (a non-streaming call) as the events its stream would
+        have given: played through the same steps, so tools, JSON mode and usage agree."""
+        out: list[events_pb2.ChatEvent] = []
+        usage = answer.get("usage") or {}
+        self._event("message_start", {"message": {"usage": usage}}, out)
+        for index, block in enumerate(answer.get("content") or ()):
+            if block.get("type") == "tool_use":
+                start = {k: v for k, v in block.items() if k != "input"}
+                self._event("content_block_start", {"index": index, "content_block": start}, out)
+                partial = orjson.dumps(block.get("input") or {}).decode()
+                delta = {"type": "input_json_delta", "partial_json": partial}
+                self._event("content_block_delta", {"index": index, "delta": delta}, out)
+            else:
+                self._event("content_block_start", {"index": index, "content_block": block}, out)
+        stop = {"stop_reason": answer.get("stop_reason")}
+        self._event("message_delta", {"delta": stop, "usage": usage}, out)
+        self._event("message_stop", {}, out)
+        return [*out, *await self.final_events()]
+
+    def _event(
+        self,
+        kind: object,
+        data: dict[str, Any],
+        out: list[events_pb2.ChatEvent],
+        *,
+        named: str = "",
+    ) -> None:
         if kind == "content_block_delta":
             self._delta(int(data.get("index") or 0), data.get("delta") or {}, out)
         elif kind == "content_block_start":
@@ -137,7 +167,7 @@ class AnthropicStreamTranslator(TranslatorState):
             self._usage_final = True
         elif kind == "message_stop":
             self._done = True
-        elif kind == "error" or event.event == "error":
+        elif kind == "error" or named == "error":
             error = data.get("error") or {}
             raise error_from_stream_event(
                 self._provider,

@@ -583,3 +583,69 @@ async def test_sequential_streams_reuse_one_pooled_connection(
         _, error = await collect(backend, generate())
         assert error is None
     assert fake.connections == 1
+
+
+def whole_message(content: list[dict[str, Any]], stop_reason: str) -> Reply:
+    message = {
+        "id": "msg_whole",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-fake",
+        "content": content,
+        "stop_reason": stop_reason,
+        "usage": {
+            "input_tokens": 20,
+            "cache_read_input_tokens": 5,
+            "cache_creation_input_tokens": 0,
+            "output_tokens": 9,
+        },
+    }
+    return Reply(headers=(("content-type", "application/json"),), body=json.dumps(message).encode())
+
+
+async def test_a_whole_request_makes_one_non_streaming_call_with_the_same_events(
+    fake: FakeProvider, make: Make
+) -> None:
+    fake.enqueue(whole_message([{"type": "text", "text": "Hello there"}], "end_turn"))
+    request = generate()
+    request.whole = True
+    events, error = await collect(make(), request)
+    assert error is None
+    assert "stream" not in fake.requests[0].json()
+    assert text_of(events) == "Hello there"
+    assert usages(events) == [
+        events_pb2.Usage(prompt_tokens=25, completion_tokens=9, cached_tokens=5)
+    ]
+    assert finish_of(events) == events_pb2.FINISH_REASON_STOP
+
+
+async def test_a_whole_message_with_tool_use_gives_tool_calls(
+    fake: FakeProvider, make: Make
+) -> None:
+    tool_use = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"c": "Oslo"}}
+    fake.enqueue(whole_message([{"type": "text", "text": "Checking."}, tool_use], "tool_use"))
+    request = generate()
+    request.whole = True
+    events, error = await collect(make(), request)
+    assert error is None
+    assert text_of(events) == "Checking."
+    call = tool_calls(events)[0]
+    assert (call["id"], call["name"]) == ("toolu_1", "get_weather")
+    assert parsed_arguments(events) == {0: {"c": "Oslo"}}
+    assert finish_of(events) == events_pb2.FINISH_REASON_TOOL_CALLS
+
+
+async def test_a_whole_json_mode_message_is_relayed_as_content(
+    fake: FakeProvider, make: Make
+) -> None:
+    answer = {"type": "tool_use", "id": "t", "name": "json_response", "input": {"city": "Paris"}}
+    fake.enqueue(whole_message([answer], "tool_use"))
+    request = generate(
+        response_format=chat_pb2.ResponseFormat(type=chat_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT)
+    )
+    request.whole = True
+    events, error = await collect(make(), request)
+    assert error is None
+    assert json.loads(text_of(events)) == {"city": "Paris"}
+    assert tool_calls(events) == {}
+    assert finish_of(events) == events_pb2.FINISH_REASON_STOP

@@ -125,8 +125,9 @@ def mesh(anthropic_url: str, openai_url: str | None = None, **breaker: Any) -> M
 async def test_openai_sdk_through_the_edge_and_router_gets_anthropic_tool_calls_and_usage(
     anthropic_fake: FakeProvider,
 ) -> None:
+    # The unary call is answered by one non-streaming call (GenerateRequest.whole).
     anthropic_fake.enqueue(
-        Reply.cassette("anthropic/stream_tool_use"), Reply.cassette("anthropic/stream_tool_use")
+        Reply.cassette("anthropic/stream_tool_use"), Reply.cassette("anthropic/message_tool_use")
     )
     config = mesh(anthropic_fake.base_url)
     router = ChatRouter(config, build_backends(config.providers))
@@ -178,6 +179,8 @@ async def test_openai_sdk_through_the_edge_and_router_gets_anthropic_tool_calls_
     assert unary.usage is not None
     assert unary.usage.completion_tokens == 89
     sent = anthropic_fake.requests[0]
+    assert sent.json()["stream"] is True
+    assert "stream" not in anthropic_fake.requests[1].json()
     assert sent.headers["x-api-key"] == SECRET_KEY
     assert sent.json()["tools"][0]["input_schema"] == WEATHER_TOOL["function"]["parameters"]
 
@@ -186,7 +189,7 @@ async def test_router_falls_back_from_failing_openai_to_anthropic_and_opens_the_
     anthropic_fake: FakeProvider, openai_fake: FakeProvider
 ) -> None:
     openai_fake.enqueue(*[Reply.cassette("openai/error_503")] * 2)
-    anthropic_fake.enqueue(*[Reply.cassette("anthropic/stream_text")] * 3)
+    anthropic_fake.enqueue(*[Reply.cassette("anthropic/message_text")] * 3)
     config = mesh(anthropic_fake.base_url, f"{openai_fake.base_url}/v1")
     router = ChatRouter(config, build_backends(config.providers))
     ctx = CallContext()
