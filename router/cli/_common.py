@@ -15,6 +15,8 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 if TYPE_CHECKING:
+    import grpc
+
     from imesh.errors import MeshError
     from imesh.v1 import chat_service_pb2
     from router.config import MeshConfig
@@ -27,8 +29,9 @@ def default_router() -> str:
     return os.environ.get("IMESH_ROUTER") or DEFAULT_ROUTER
 
 
-def add_router_arguments(parser: argparse.ArgumentParser) -> None:
-    """--router and --api-key, for the commands that call a running router."""
+def add_router_arguments(parser: argparse.ArgumentParser, *, api_key: bool = True) -> None:
+    """--router, the TLS files to reach it with (`router_credentials` reads them) and, unless
+    the command sends another key, --api-key: for the commands that call a running router."""
     parser.add_argument(
         "--router",
         metavar="ADDR",
@@ -36,11 +39,50 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
         help="router gRPC address (default: $IMESH_ROUTER or 127.0.0.1:50051)",
     )
     parser.add_argument(
-        "--api-key",
-        metavar="KEY",
-        default=os.environ.get("IMESH_API_KEY"),
-        help="API key (default: $IMESH_API_KEY)",
+        "--tls-ca",
+        metavar="PEM",
+        default=os.environ.get("IMESH_ROUTER_CA"),
+        help="CA that signed the router's certificate: call it over TLS "
+        "(default: $IMESH_ROUTER_CA; none: plaintext, for a router on loopback)",
     )
+    parser.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        default=os.environ.get("IMESH_ROUTER_CERT"),
+        help="this caller's certificate, for a router that requires mutual TLS "
+        "(default: $IMESH_ROUTER_CERT)",
+    )
+    parser.add_argument(
+        "--tls-key",
+        metavar="PEM",
+        default=os.environ.get("IMESH_ROUTER_KEY"),
+        help="the key of --tls-cert (default: $IMESH_ROUTER_KEY)",
+    )
+    if api_key:
+        parser.add_argument(
+            "--api-key",
+            metavar="KEY",
+            default=os.environ.get("IMESH_API_KEY"),
+            help="API key (default: $IMESH_API_KEY)",
+        )
+
+
+def router_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS credentials from the arguments `add_router_arguments` added; None (plaintext)
+    without --tls-ca. A file that cannot be read, or a certificate without its key, ends
+    the process (exit 2) with a line naming it."""
+    if not args.tls_ca:
+        if args.tls_cert or args.tls_key:
+            fail("error: --tls-cert and --tls-key need --tls-ca (the router's CA)", 2)
+        return None
+    from imesh.client import tls_credentials
+
+    try:
+        return tls_credentials(args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    except ValueError:
+        fail("error: --tls-cert and --tls-key go together: give both or neither", 2)
+    except OSError as exc:
+        fail(f"error: {exc.filename} cannot be read: {exc.strerror}", 2)
 
 
 def default_config_path() -> str:

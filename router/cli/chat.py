@@ -14,6 +14,7 @@ from router.cli._common import (
     error_line,
     fail,
     model_names,
+    router_credentials,
     run,
 )
 
@@ -116,7 +117,7 @@ async def _chat(args: argparse.Namespace, request: chat_pb2.ChatInput) -> int:
 
     summary = _Summary()
     ctx = CallContext(timeout=args.timeout)
-    client = Client(args.router, api_key=args.api_key)
+    client = Client(args.router, api_key=args.api_key, credentials=router_credentials(args))
     try:
         if not request.model:
             request.model = await _first_alias(client, ctx)

@@ -9,9 +9,11 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from router.cli._common import default_router, describe, fail, run
+from router.cli._common import add_router_arguments, describe, fail, router_credentials, run
 
 if TYPE_CHECKING:
+    import grpc
+
     from imesh.v1 import admin_service_pb2
 
 T = TypeVar("T")
@@ -39,12 +41,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--router",
-        metavar="ADDR",
-        default=default_router(),
-        help="router gRPC address (default: $IMESH_ROUTER or 127.0.0.1:50051)",
-    )
+    add_router_arguments(parser, api_key=False)
     parser.add_argument(
         "--admin-key",
         metavar="KEY",
@@ -92,19 +89,29 @@ def run_keys(args: argparse.Namespace) -> int:
             print(rotated.api_key)
             print(f"{rotated.old_key.prefix} stops at {_when(rotated.old_key.revoke_time)}")
 
-    run(_with_admin_stub(args.router, args.admin_key, call))
+    run(_with_admin_stub(args.router, router_credentials(args), args.admin_key, call))
     return 0
 
 
 async def _with_admin_stub(
-    router: str, admin_key: str, body: Callable[[Any], Awaitable[None]]
+    router: str,
+    credentials: grpc.ChannelCredentials | None,
+    admin_key: str,
+    body: Callable[[Any], Awaitable[None]],
 ) -> None:
+    """`body` given the AdminService stub, over TLS when `credentials` are given: the admin
+    key travels in the clear only to a router the caller chose to reach in plaintext."""
     import grpc
 
     from imesh.errors import MeshError
     from imesh.v1 import admin_service_pb2_grpc
 
-    async with grpc.aio.insecure_channel(router) as channel:
+    channel = (
+        grpc.aio.insecure_channel(router)
+        if credentials is None
+        else grpc.aio.secure_channel(router, credentials)
+    )
+    async with channel:
         stub = _Authorized(admin_service_pb2_grpc.AdminServiceStub(channel), admin_key)
         try:
             await body(stub)

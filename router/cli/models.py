@@ -6,9 +6,18 @@ import argparse
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from router.cli._common import add_router_arguments, describe, error_line, fail, run
+from router.cli._common import (
+    add_router_arguments,
+    describe,
+    error_line,
+    fail,
+    router_credentials,
+    run,
+)
 
 if TYPE_CHECKING:
+    import grpc
+
     from imesh.v1 import chat_service_pb2
 
 EPILOG = """\
@@ -36,7 +45,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run_models(args: argparse.Namespace) -> int:
-    response = run(_fetch(args.router, args.api_key))
+    response = run(_fetch(args.router, router_credentials(args), args.api_key))
     if args.json:
         from google.protobuf import json_format
 
@@ -46,12 +55,14 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _fetch(router: str, api_key: str | None) -> chat_service_pb2.ListModelsResponse:
+async def _fetch(
+    router: str, credentials: grpc.ChannelCredentials | None, api_key: str | None
+) -> chat_service_pb2.ListModelsResponse:
     from imesh.api import CallContext
     from imesh.client import Client
     from imesh.errors import MeshError
 
-    async with Client(router, api_key=api_key) as client:
+    async with Client(router, api_key=api_key, credentials=credentials) as client:
         try:
             return await client.list_models(CallContext(timeout=10.0))
         except MeshError as err:

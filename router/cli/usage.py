@@ -6,9 +6,11 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from router.cli._common import add_router_arguments, describe, fail, run
+from router.cli._common import add_router_arguments, describe, fail, router_credentials, run
 
 if TYPE_CHECKING:
+    import grpc
+
     from imesh.v1 import usage_service_pb2
 
 EPILOG = """\
@@ -50,7 +52,8 @@ def run_usage(args: argparse.Namespace) -> int:
     key = args.admin_key if args.tenant else args.api_key
     if not key:
         fail("error: an API key (--api-key) or, with --tenant, the admin key is required", 2)
-    response = run(_fetch(args.router, key, args.tenant, args.start, args.end))
+    credentials = router_credentials(args)
+    response = run(_fetch(args.router, credentials, key, args.tenant, args.start, args.end))
     if args.json:
         from google.protobuf import json_format
 
@@ -61,7 +64,12 @@ def run_usage(args: argparse.Namespace) -> int:
 
 
 async def _fetch(
-    router: str, key: str, tenant: str, start: str, end: str
+    router: str,
+    credentials: grpc.ChannelCredentials | None,
+    key: str,
+    tenant: str,
+    start: str,
+    end: str,
 ) -> usage_service_pb2.GetUsageResponse:
     from imesh.api import CallContext
     from imesh.client import Client
@@ -69,7 +77,7 @@ async def _fetch(
     from imesh.v1 import usage_service_pb2
 
     request = usage_service_pb2.GetUsageRequest(tenant=tenant, start_date=start, end_date=end)
-    async with Client(router, api_key=key) as client:
+    async with Client(router, api_key=key, credentials=credentials) as client:
         try:
             return await client.get_usage(request, CallContext(timeout=10.0))
         except MeshError as err:
