@@ -1,5 +1,15 @@
 """Typed config of the GPU pool: the `vllm_pool` provider kind (what a router needs to
-route into a pool) and the pool service's own settings."""
+route into a pool) and the pool service's own settings.
+
+It lives with the other provider schemas so the mesh config (router/config.py) validates
+a pool entry without importing the pool's code; the composition root registers the kind
+(`vllm_pool.register_kind()`).
+
+Two tokens, two roles: agents (and `imesh pool drain`) present an agent token (Register,
+Heartbeat, Drain, Deregister, and reads), routers and `imesh pool list` a reader token
+(ListReplicas, WatchReplicas only). Every router holds a reader token, and that token
+cannot add a replica that would receive prompts.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from adapters.config import HttpTimeouts, SecretRef
+from adapters.config import ClientTLS, HttpTimeouts, SecretRef, ServerTLS
 
 
 class Strict(BaseModel):
@@ -23,7 +33,10 @@ class VllmPoolConfig(Strict):
     pool: str = Field(min_length=1)
     # The pool service (host:port) the router watches.
     address: str = Field(min_length=1)
+    # The pool service's reader token (ListReplicas, WatchReplicas only).
     token: SecretRef
+    # TLS to the pool service; None: plaintext (a loopback or mesh-encrypted hop only).
+    tls: ClientTLS | None = None
     # HTTP replicas: vLLM's OpenAI server; `first_byte` also bounds gRPC replicas' first
     # token before the pool tries another replica.
     timeouts: HttpTimeouts = HttpTimeouts()
@@ -58,9 +71,15 @@ class PoolServiceConfig(Strict):
     """`imesh pool serve`: where membership lives and how long a lease lasts."""
 
     listen: str = "0.0.0.0:50061"
-    token: SecretRef
-    # None: membership in this process only (lost on restart).
-    redis_url: str | None = None
+    # Tokens of replica agents (Register, Heartbeat, Drain, Deregister); several while
+    # one is rotated.
+    agent_tokens: list[SecretRef] = Field(min_length=1)
+    # Tokens of readers: routers and `imesh pool list` (ListReplicas, WatchReplicas).
+    reader_tokens: list[SecretRef] = Field(min_length=1)
+    tls: ServerTLS | None = None
+    # The Redis URL by reference (it may carry a password); None: membership in this
+    # process only (lost on restart).
+    redis_url: SecretRef | None = None
     lease_s: float = Field(5.0, gt=0)
     heartbeat_s: float = Field(1.0, gt=0)
     # How often watchers re-read the store (writes through other instances, expiries).

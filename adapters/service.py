@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from adapters.backend import Backend
 from adapters.deadline import Deadline
+from adapters.grpc_options import server_options
 from adapters.hop_auth import ServerSecurity
 from adapters.http_errors import truncate_utf8
 from imesh.errors import MeshError, Reason
@@ -94,11 +95,6 @@ class AdapterServer:
         await self._server.wait_for_termination()
 
 
-# Request metadata beyond this is refused (RESOURCE_EXHAUSTED). Set as gRPC's soft and hard
-# limit alike: between the two, gRPC refuses at random.
-MAX_METADATA_BYTES = 8 * 1024
-
-
 async def start_adapter_server(
     backend: Backend,
     listen: str,
@@ -112,15 +108,7 @@ async def start_adapter_server(
     `health_listen`: also serve grpc.health.v1 alone, in plaintext, on that address, for
     probes that cannot speak TLS (kubelet's gRPC probe).
     """
-    # No SO_REUSEPORT: a second server on a busy port must fail, not share it silently.
-    server = grpc.aio.server(
-        interceptors=security.interceptors,
-        options=[
-            ("grpc.so_reuseport", 0),
-            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
-            ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
-        ],
-    )
+    server = grpc.aio.server(interceptors=security.interceptors, options=server_options())
     adapter_service_pb2_grpc.add_AdapterServiceServicer_to_server(AdapterServicer(backend), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

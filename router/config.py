@@ -17,9 +17,9 @@ from pydantic import (
 )
 
 from adapters.config import AdapterServiceSettings, ProviderConfig, ServerTLS
+from adapters.pool_config import PoolServiceConfig, VllmPoolConfig
 from gateway.settings import GatewaySettings, ListenAddress
 from router.tenancy.config import TenancySettings
-from vllm_pool.config import PoolServiceConfig, VllmPoolConfig
 
 Capability = Literal["tools", "vision", "json_schema", "streaming"]
 PolicyName = Literal[

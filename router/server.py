@@ -16,6 +16,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from adapters.config import ServerTLS
+from adapters.grpc_options import server_options
 from adapters.hop_auth import ServerSecurity
 from imesh.api import CallContext, ChatAPI
 from imesh.errors import MeshError
@@ -192,11 +193,6 @@ class RouterServer:
         await self.server.wait_for_termination()
 
 
-# Request metadata beyond this is refused (RESOURCE_EXHAUSTED). Set as gRPC's soft and hard
-# limit alike: between the two, gRPC refuses at random.
-MAX_METADATA_BYTES = 8 * 1024
-
-
 async def start_router_server(
     api: ChatAPI,
     listen: str,
@@ -209,13 +205,7 @@ async def start_router_server(
     when `tls` is given (mutual TLS when it names a client CA). `services` are served
     beside ChatService on the same port."""
     server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_request_bytes),
-            ("grpc.max_metadata_size", MAX_METADATA_BYTES),  # keys, ids, trace context
-            ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
-            # A second router on a taken port must fail, not silently share it.
-            ("grpc.so_reuseport", 0),
-        ]
+        options=server_options(("grpc.max_receive_message_length", max_request_bytes))
     )
     servicer = ChatServicer(api)
     chat_service_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)

@@ -1,5 +1,9 @@
 """The self-hosted vLLM pool: replicas register through their agents with the pool
-service; routers watch it and reach the pool as a Backend of provider kind `vllm_pool`."""
+service; routers watch it and reach the pool as a Backend of provider kind `vllm_pool`.
+
+Importing the package registers nothing: the composition root (router/cli) calls
+`register_kind()` before it builds backends.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from typing import Any
 
 from adapters import registry
 from adapters.backend import Backend
+
+KIND = "vllm_pool"
 
 
 def _build(config: Any) -> Backend:
@@ -16,4 +22,7 @@ def _build(config: Any) -> Backend:
     return PoolBackend(config)
 
 
-registry.register("vllm_pool", _build)
+def register_kind() -> None:
+    """Makes provider kind `vllm_pool` buildable; calling it again changes nothing."""
+    if KIND not in registry.kinds():
+        registry.register(KIND, _build)

@@ -10,16 +10,15 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import cast
 
-import grpc
-
 from adapters.backend import Backend, Batch
 from adapters.config import OpenAICompatibleConfig
 from adapters.deadline import Deadline
+from adapters.hop_auth import ClientSecurity
 from adapters.openai_compatible import OpenAICompatibleBackend
+from adapters.pool_config import VllmPoolConfig
 from imesh.errors import Fault, MeshError, Reason, classify
 from imesh.v1 import adapter_service_pb2, chat_pb2
 from imesh.v1 import pool_service_pb2 as pb
-from vllm_pool.config import VllmPoolConfig
 from vllm_pool.grpc_replica import GrpcReplicaBackend
 from vllm_pool.health import ReplicaHealth
 from vllm_pool.picker import ReplicaPicker
@@ -46,7 +45,7 @@ class PoolBackend(Backend):
     ) -> None:
         self._config = config
         self._view = view or PoolView(
-            grpc.aio.insecure_channel(config.address),
+            ClientSecurity.from_config(config.tls, None).channel(config.address),
             pool=config.pool,
             token=config.token.resolve(),
             build_backend=self._replica_backend,

@@ -4,7 +4,8 @@ loses nothing.
 One hash per replica (`imesh:pool:{pool}:replica:{id}`) whose Redis expiry is the lease:
 Redis's own clock ends it, the same for every instance, and heartbeat and drain are
 Lua scripts that touch a replica only while it lives. A set per pool indexes the hashes;
-reads drop index entries whose hash has expired.
+reads drop index entries whose hash has expired, and every heartbeat re-adds its own (so
+a prune that raced with a re-registration costs at most one heartbeat of visibility).
 """
 
 from __future__ import annotations
@@ -20,12 +21,22 @@ from vllm_pool.store import ReplicaStore, wall_ms
 _PREFIX = "imesh:pool:"
 _POOLS = "imesh:pools"
 
-# KEYS[1] replica hash; ARGV: load bytes, now ms, lease ms. Returns the state, or nil.
+# KEYS[1] replica hash, KEYS[2] the pool's index; ARGV: load bytes, now ms, replica id.
+# Returns the state, or nil.
 _HEARTBEAT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
 redis.call('HSET', KEYS[1], 'load', ARGV[1], 'renewed_at', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], redis.call('HGET', KEYS[1], 'lease_ms'))
+redis.call('SADD', KEYS[2], ARGV[3])
 return redis.call('HGET', KEYS[1], 'state')
+"""
+# KEYS[1] the pool's index; ARGV: the key prefix of its replicas, then ids whose hash read
+# empty. Removes only those still without a hash (one re-registered meanwhile stays).
+_PRUNE = """
+for i = 2, #ARGV do
+  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then redis.call('SREM', KEYS[1], ARGV[i]) end
+end
+return 0
 """
 # KEYS[1] replica hash; ARGV[1] the DRAINING state. Returns 1 when the replica lives.
 _DRAIN = """
@@ -49,6 +60,7 @@ class RedisReplicaStore(ReplicaStore):
         self._clock_ms = clock_ms
         self._heartbeat = client.register_script(_HEARTBEAT)
         self._drain = client.register_script(_DRAIN)
+        self._prune = client.register_script(_PRUNE)
 
     @classmethod
     def from_url(cls, url: str) -> RedisReplicaStore:
@@ -89,7 +101,10 @@ class RedisReplicaStore(ReplicaStore):
         self, pool: str, replica_id: str, load: pb.ReplicaLoad
     ) -> pb.Replica | None:
         key = _replica(pool, replica_id)
-        state = await self._heartbeat(keys=[key], args=[load.SerializeToString(), self._clock_ms()])
+        state = await self._heartbeat(
+            keys=[key, _members(pool)],
+            args=[load.SerializeToString(), self._clock_ms(), replica_id],
+        )
         if state is None:
             return None
         fields = cast(dict[bytes, bytes], await self._redis.hgetall(key))
@@ -126,7 +141,7 @@ class RedisReplicaStore(ReplicaStore):
                 rows = await pipe.execute()
             gone = [replica_id for replica_id, row in zip(ids, rows, strict=True) if not row]
             if gone:
-                await self._redis.srem(_members(name), *gone)
+                await self._prune(keys=[_members(name)], args=[_replica(name, ""), *gone])
             out.extend(_decode(row) for row in rows if row)
         return out
 

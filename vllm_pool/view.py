@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable, Iterable
 
 import grpc
@@ -17,6 +18,7 @@ from vllm_pool.replica import PoolReplica
 
 log = logging.getLogger(__name__)
 
+_MAX_BACKOFF = 30
 BackendFactory = Callable[[pb.ReplicaSpec], Backend]
 HealthFactory = Callable[[], ReplicaHealth]
 
@@ -69,6 +71,7 @@ class PoolView:
             self._close_later(replica.backend)
 
     async def _watch(self) -> None:
+        failures = 0
         while True:
             try:
                 stream = self._stub.WatchReplicas(
@@ -76,6 +79,7 @@ class PoolView:
                 )
                 async for snapshot in stream:
                     self.apply(snapshot.replicas)
+                    failures = 0
             except grpc.aio.AioRpcError as err:
                 level = (
                     logging.ERROR
@@ -85,7 +89,12 @@ class PoolView:
                 log.log(
                     level, "watching pool %s: %s %s", self._pool, err.code().name, err.details()
                 )
-            await asyncio.sleep(self._retry_s)
+            except Exception:  # anything else must not end the watch and freeze membership
+                log.exception("watching pool %s", self._pool)
+            failures += 1
+            # Backoff with jitter: 1, 2, 4... times retry_s, up to 30 times.
+            backoff = self._retry_s * min(2 ** (failures - 1), _MAX_BACKOFF)
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
 
     def apply(self, records: Iterable[pb.Replica]) -> None:
         """Takes one membership snapshot (public for tests that drive a view directly)."""

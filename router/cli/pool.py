@@ -9,18 +9,22 @@ from typing import TYPE_CHECKING
 from router.cli._common import describe, fail, run, shown_address, stop_signal
 
 if TYPE_CHECKING:
+    import grpc
+
+    from adapters.pool_config import PoolServiceConfig
     from imesh.v1 import pool_service_pb2
-    from vllm_pool.config import PoolServiceConfig
 
 DEFAULT_POOL_SERVICE = "127.0.0.1:50061"
 EPILOG = """\
 examples:
-  imesh pool serve --token env:IMESH_POOL_TOKEN                       # membership in memory
-  imesh pool serve --token env:IMESH_POOL_TOKEN --redis redis://redis:6379/0
-  imesh pool list --token env:IMESH_POOL_TOKEN
-  imesh pool list --pool 10.0.0.9:50061 --pool-name gpu-a --json
+  imesh pool serve                                                    # membership in memory
+  imesh pool serve --redis env:IMESH_POOL_REDIS_URL --tls-cert tls.crt --tls-key tls.key
+  imesh pool list --token env:IMESH_POOL_READER_TOKEN
+  imesh pool list --pool 10.0.0.9:50061 --pool-name gpu-a --ca ca.crt --json
   imesh pool drain vllm-0 --pool-name gpu-a                           # maintenance
-the token is given by reference (env:NAME or file:PATH), never inline.
+two tokens: agents (and drain) present an agent token, routers and `list` a reader
+token, which can never register a replica. Tokens and the Redis URL are given by
+reference (env:NAME or file:PATH), never inline.
 """
 
 
@@ -41,17 +45,36 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     serve = actions.add_parser("serve", help="run the pool service")
     serve.add_argument("--listen", default="0.0.0.0:50061", metavar="ADDR")
-    serve.add_argument("--redis", metavar="URL", help="keep membership in Redis (shared, durable)")
+    serve.add_argument(
+        "--redis",
+        metavar="REF",
+        help="keep membership in Redis (shared, durable): its URL as env:NAME or file:PATH",
+    )
     serve.add_argument("--lease-s", type=float, default=5.0, help="replica lease (default 5)")
     serve.add_argument("--metrics", metavar="ADDR", help="serve GET /metrics here")
-    _token_argument(serve)
+    serve.add_argument(
+        "--agent-token",
+        metavar="REF",
+        action="append",
+        help="a token agents present (repeat while rotating; default env:IMESH_POOL_TOKEN)",
+    )
+    serve.add_argument(
+        "--reader-token",
+        metavar="REF",
+        action="append",
+        help="a token routers present to read (default env:IMESH_POOL_READER_TOKEN)",
+    )
+    serve.add_argument("--tls-cert", metavar="PATH", help="serve TLS with this certificate")
+    serve.add_argument("--tls-key", metavar="PATH", help="... and this key")
+    serve.add_argument("--tls-client-ca", metavar="PATH", help="require client certificates")
     serve.set_defaults(func=run_serve)
 
     listing = actions.add_parser("list", help="show the replicas")
     listing.add_argument("--pool-name", default="", help="one pool (default: every pool)")
     listing.add_argument("--json", action="store_true", help="print the raw response as JSON")
     _address_argument(listing)
-    _token_argument(listing)
+    _token_argument(listing, "env:IMESH_POOL_READER_TOKEN", "a reader token")
+    client_tls_arguments(listing)
     listing.set_defaults(func=run_list)
 
     drain = actions.add_parser("drain", help="send a replica no new requests")
@@ -59,6 +82,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     drain.add_argument("--pool-name", default="default", help="its pool (default: default)")
     _address_argument(drain)
     _token_argument(drain)
+    client_tls_arguments(drain)
     drain.set_defaults(func=run_drain)
 
 
@@ -71,13 +95,45 @@ def _address_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _token_argument(parser: argparse.ArgumentParser) -> None:
+def _token_argument(
+    parser: argparse.ArgumentParser,
+    default: str = "env:IMESH_POOL_TOKEN",
+    what: str = "an agent token",
+) -> None:
     parser.add_argument(
         "--token",
         metavar="REF",
-        default="env:IMESH_POOL_TOKEN",
-        help="the pool token, as env:NAME or file:PATH (default env:IMESH_POOL_TOKEN)",
+        default=default,
+        help=f"{what} of the pool, as env:NAME or file:PATH (default {default})",
     )
+
+
+def client_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """TLS to the pool service: without --ca, the channel is plaintext."""
+    parser.add_argument("--ca", metavar="PATH", help="verify the pool service with this CA")
+    parser.add_argument("--cert", metavar="PATH", help="client certificate (mutual TLS)")
+    parser.add_argument("--key", metavar="PATH", help="client key (mutual TLS)")
+    parser.add_argument("--server-name", help="name in the pool service's certificate")
+
+
+def pool_channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    """A channel to `args.pool`, over TLS when --ca is given; exits on unusable files."""
+    from pydantic import ValidationError
+
+    from adapters.config import ClientTLS
+    from adapters.hop_auth import ClientSecurity
+
+    try:
+        tls = (
+            ClientTLS(ca=args.ca, cert=args.cert, key=args.key, server_name=args.server_name)
+            if args.ca
+            else None
+        )
+        return ClientSecurity.from_config(tls, None).channel(args.pool)
+    except ValidationError as exc:
+        fail(str(exc), 2)
+    except KeyError as exc:  # an unreadable PEM file, named
+        fail(f"--ca/--cert/--key: {exc}", 2)
 
 
 def resolve_token(ref: str) -> str:
@@ -97,12 +153,19 @@ def resolve_token(ref: str) -> str:
 def run_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from vllm_pool.config import PoolServiceConfig
+    from adapters.pool_config import PoolServiceConfig
 
-    resolve_token(args.token)
+    tls = None
+    if args.tls_cert or args.tls_key:
+        tls = {"cert": args.tls_cert, "key": args.tls_key, "client_ca": args.tls_client_ca}
     try:
         config = PoolServiceConfig(
-            listen=args.listen, token=args.token, redis_url=args.redis, lease_s=args.lease_s
+            listen=args.listen,
+            agent_tokens=args.agent_token or ["env:IMESH_POOL_TOKEN"],
+            reader_tokens=args.reader_token or ["env:IMESH_POOL_READER_TOKEN"],
+            tls=tls,
+            redis_url=args.redis,
+            lease_s=args.lease_s,
         )
     except ValidationError as exc:
         fail(str(exc), 2)
@@ -115,7 +178,10 @@ async def _serve(config: PoolServiceConfig, metrics: str | None) -> int:
 
     stop = stop_signal()
     telemetry = start_telemetry_or_exit("imesh-pool")  # before the server: it is instrumented
-    server = await start_pool_server(config)
+    try:
+        server = await start_pool_server(config)
+    except (KeyError, ValueError) as exc:  # a reference unset, a token reused: named, no value
+        fail(f"error: {exc}", 2)
     where = "Redis" if config.redis_url else "memory"
     print(f"pool service on {shown_address(config.listen, server.port)} (membership in {where})")
     if metrics:
@@ -127,7 +193,7 @@ async def _serve(config: PoolServiceConfig, metrics: str | None) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    response = run(_list(args.pool, resolve_token(args.token), args.pool_name))
+    response = run(_list(args, resolve_token(args.token)))
     if args.json:
         from google.protobuf import json_format
 
@@ -137,16 +203,16 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _list(address: str, token: str, pool: str) -> pool_service_pb2.ListReplicasResponse:
+async def _list(args: argparse.Namespace, token: str) -> pool_service_pb2.ListReplicasResponse:
     import grpc
 
     from imesh.v1 import pool_service_pb2, pool_service_pb2_grpc
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with pool_channel(args) as channel:
         stub = pool_service_pb2_grpc.PoolServiceStub(channel)
         try:
             return await stub.ListReplicas(
-                pool_service_pb2.ListReplicasRequest(pool=pool),
+                pool_service_pb2.ListReplicasRequest(pool=args.pool_name),
                 metadata=(("authorization", f"Bearer {token}"),),
                 timeout=10,
             )
@@ -155,21 +221,21 @@ async def _list(address: str, token: str, pool: str) -> pool_service_pb2.ListRep
 
 
 def run_drain(args: argparse.Namespace) -> int:
-    run(_drain(args.pool, resolve_token(args.token), args.pool_name, args.replica))
+    run(_drain(args, resolve_token(args.token)))
     print(f"replica {args.pool_name}/{args.replica} draining: no new requests")
     return 0
 
 
-async def _drain(address: str, token: str, pool: str, replica: str) -> None:
+async def _drain(args: argparse.Namespace, token: str) -> None:
     import grpc
 
     from imesh.v1 import pool_service_pb2, pool_service_pb2_grpc
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with pool_channel(args) as channel:
         stub = pool_service_pb2_grpc.PoolServiceStub(channel)
         try:
             await stub.Drain(
-                pool_service_pb2.DrainRequest(pool=pool, replica_id=replica),
+                pool_service_pb2.DrainRequest(pool=args.pool_name, replica_id=args.replica),
                 metadata=(("authorization", f"Bearer {token}"),),
                 timeout=10,
             )

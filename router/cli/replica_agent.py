@@ -10,7 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from router.cli._common import describe, fail, run, stop_signal
-from router.cli.pool import DEFAULT_POOL_SERVICE, resolve_token
+from router.cli.pool import (
+    DEFAULT_POOL_SERVICE,
+    client_tls_arguments,
+    pool_channel,
+    resolve_token,
+)
 
 if TYPE_CHECKING:
     from vllm_pool.agent import AgentSettings
@@ -60,8 +65,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--token",
         metavar="REF",
         default="env:IMESH_POOL_TOKEN",
-        help="the pool token, as env:NAME or file:PATH (default env:IMESH_POOL_TOKEN)",
+        help="the pool's agent token, as env:NAME or file:PATH (default env:IMESH_POOL_TOKEN)",
     )
+    client_tls_arguments(parser)
     parser.add_argument(
         "--drain-file",
         metavar="PATH",
@@ -101,8 +107,6 @@ def run_agent(args: argparse.Namespace) -> int:
 
 
 async def _agent(args: argparse.Namespace, settings: AgentSettings) -> int:
-    import grpc
-
     from router.cli.telemetry import serve_metrics_or_exit, start_telemetry_or_exit
     from vllm_pool.agent import AgentError, ReplicaAgent
     from vllm_pool.engine_probe import EngineProbe, GrpcEngineProbe, HttpEngineProbe
@@ -116,7 +120,7 @@ async def _agent(args: argparse.Namespace, settings: AgentSettings) -> int:
         HttpEngineProbe(args.vllm) if args.vllm else GrpcEngineProbe(args.vllm_grpc)
     )
     try:
-        async with grpc.aio.insecure_channel(args.pool) as channel:
+        async with pool_channel(args) as channel:
             agent = ReplicaAgent(probe, channel, settings)
             if telemetry.registry is not None:
                 telemetry.registry.register(AgentCollector(agent, settings.pool))

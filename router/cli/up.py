@@ -111,7 +111,9 @@ async def serve_mesh(
     from router.cli.tenancy_setup import start_tenancy
     from router.server import start_router_server
     from router.service import ChatRouter
+    from vllm_pool import register_kind
 
+    register_kind()  # provider kind vllm_pool
     for what, address in (("router", listen), ("edge", http), ("metrics", metrics)):
         if address:
             usable_listen(what, address)
@@ -187,8 +189,10 @@ async def _start_pool_service(config: MeshConfig) -> PoolServer | None:
 
     try:
         server = await start_pool_server(config.pool_service)
-    except KeyError as exc:  # the token's variable is unset: names it, never its value
-        fail(f"pool_service.token: {exc.args[0]}", 2)
+    except KeyError as exc:  # a token or URL reference is unset: names it, never its value
+        fail(f"pool_service: {exc.args[0]}", 2)
+    except ValueError as exc:  # an agent token also listed as a reader token
+        fail(f"pool_service: {exc}", 2)
     except OSError as exc:
         fail(f"error: pool service cannot listen on {config.pool_service.listen}: {exc}", 2)
     where = "Redis" if config.pool_service.redis_url else "memory"

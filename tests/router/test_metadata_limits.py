@@ -1,5 +1,6 @@
-"""gRPC servers bound request metadata (grpc.max_metadata_size): the router and the adapter
-service refuse an oversized header block with RESOURCE_EXHAUSTED and serve normal ones."""
+"""gRPC servers bound request metadata (grpc.max_metadata_size): the router, the adapter
+service and the pool service refuse an oversized header block with RESOURCE_EXHAUSTED and
+serve normal ones."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adapters.config import SimulatedConfig
+from adapters.grpc_options import MAX_METADATA_BYTES
 from adapters.hop_auth import ServerSecurity
-from adapters.service import MAX_METADATA_BYTES as ADAPTER_MAX
+from adapters.pool_config import PoolServiceConfig
 from adapters.service import start_adapter_server
 from adapters.simulated import SimulatedBackend
-from router.server import MAX_METADATA_BYTES as ROUTER_MAX
 from router.server import start_router_server
 from tests.reliability.mesh_fakes import Script, make_mesh
+from vllm_pool.server import start_pool_server
 
 # The client may send far more than any server accepts.
 CLIENT_OPTIONS = [("grpc.max_metadata_size", 4 * 1024 * 1024)]
@@ -40,10 +42,28 @@ async def adapter_port() -> AsyncIterator[int]:
         await server.stop(0)
 
 
-@pytest.fixture(params=["router", "adapter"])
+async def pool_port() -> AsyncIterator[int]:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("METADATA_TEST_AGENT", "a" * 16)
+        env.setenv("METADATA_TEST_READER", "r" * 16)
+        config = PoolServiceConfig(
+            listen="127.0.0.1:0",
+            agent_tokens=["env:METADATA_TEST_AGENT"],
+            reader_tokens=["env:METADATA_TEST_READER"],
+        )
+        server = await start_pool_server(config)
+    try:
+        yield server.port
+    finally:
+        await server.stop(0)
+
+
+SERVERS = {"router": router_port, "adapter": adapter_port, "pool": pool_port}
+
+
+@pytest.fixture(params=sorted(SERVERS))
 async def port(request: pytest.FixtureRequest) -> AsyncIterator[int]:
-    serve = router_port if request.param == "router" else adapter_port
-    async for bound in serve():
+    async for bound in SERVERS[request.param]():
         yield bound
 
 
@@ -58,8 +78,8 @@ async def health_with(port: int, metadata: tuple[tuple[str, str], ...]) -> grpc.
         return grpc.StatusCode.OK
 
 
-def test_both_servers_name_the_same_bound() -> None:
-    assert ROUTER_MAX == ADAPTER_MAX == 8 * 1024
+def test_the_bound_is_8_kib() -> None:
+    assert MAX_METADATA_BYTES == 8 * 1024
 
 
 async def test_a_normal_header_block_is_served(port: int) -> None:

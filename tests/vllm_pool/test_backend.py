@@ -13,12 +13,12 @@ import pytest
 
 from adapters.backend import Backend, Batch
 from adapters.deadline import Deadline
+from adapters.pool_config import VllmPoolConfig
 from imesh.errors import MeshError, Reason
 from imesh.v1 import adapter_service_pb2, chat_pb2, events_pb2, pool_service_pb2_grpc
 from imesh.v1 import pool_service_pb2 as pb
 from tests.vllm_pool.conftest import AUTH, TOKEN, until
 from vllm_pool.backend import PoolBackend
-from vllm_pool.config import VllmPoolConfig
 from vllm_pool.health import ReplicaHealth
 from vllm_pool.server import PoolServer
 from vllm_pool.view import PoolView

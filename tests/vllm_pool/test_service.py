@@ -13,8 +13,9 @@ import pytest
 from imesh.v1 import pool_service_pb2 as pb
 from imesh.v1 import pool_service_pb2_grpc
 from tests.support.redis_server import RedisServer
-from tests.vllm_pool.conftest import AUTH, flushed, service_config, until
+from tests.vllm_pool.conftest import AUTH, READ, flushed, service_config, until
 from vllm_pool.server import PoolServer, start_pool_server
+from vllm_pool.store import MemoryReplicaStore
 
 if TYPE_CHECKING:
     from imesh.v1.pool_service_pb2_grpc import PoolServiceAsyncStub as Stub
@@ -255,3 +256,99 @@ async def test_membership_in_redis_survives_a_restart_of_the_service(
     await after.stop(0)
 
     assert [r.spec.replica_id for r in replicas] == ["survivor"]
+
+
+async def test_a_reader_token_lists_and_watches_but_never_registers(
+    pool_stub: Stub, caplog: pytest.LogCaptureFixture
+) -> None:
+    await register(pool_stub)
+    listing = await pool_stub.ListReplicas(pb.ListReplicasRequest(pool="gpu"), metadata=READ)
+    watch = pool_stub.WatchReplicas(pb.WatchReplicasRequest(pool="gpu"), metadata=READ)
+    seen = await anext(aiter(watch))
+    watch.cancel()
+
+    with (
+        caplog.at_level(logging.WARNING, logger="vllm_pool.service"),
+        pytest.raises(grpc.aio.AioRpcError) as caught,
+    ):
+        await pool_stub.Register(pb.RegisterRequest(spec=spec("rogue")), metadata=READ)
+
+    assert [r.spec.replica_id for r in listing.replicas] == ["r1"]
+    assert [r.spec.replica_id for r in seen.replicas] == ["r1"]
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "PoolService.Register refused" in caplog.text
+    for write in (
+        pool_stub.Heartbeat(pb.HeartbeatRequest(pool="gpu", replica_id="r1"), metadata=READ),
+        pool_stub.Drain(pb.DrainRequest(pool="gpu", replica_id="r1"), metadata=READ),
+        pool_stub.Deregister(pb.DeregisterRequest(pool="gpu", replica_id="r1"), metadata=READ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await write
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert [r.state for r in await listed(pool_stub)] == [pb.REPLICA_STATE_READY]
+
+
+async def test_an_agent_token_that_is_also_a_reader_token_is_refused_at_start(
+    pool_token: str,
+) -> None:
+    config = service_config(pool_token, reader_tokens=[pool_token])
+    with pytest.raises(ValueError, match="agent token must not also be a reader token"):
+        await start_pool_server(config)
+
+
+class CountingStore(MemoryReplicaStore):
+    """Counts full reads of the membership."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lists = 0
+
+    async def list(self, pool: str = "") -> list[pb.Replica]:
+        self.lists += 1
+        return await super().list(pool)
+
+
+async def test_watchers_of_a_pool_share_one_read_of_the_store_per_change(
+    pool_token: str,
+) -> None:
+    store = CountingStore()
+    # A long poll: only writes wake the feed during the test.
+    server = await start_pool_server(service_config(pool_token, poll_s=60.0), store=store)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = stub_on(channel)
+            await register(stub)
+            watches = [
+                stub.WatchReplicas(pb.WatchReplicasRequest(pool="gpu"), metadata=READ)
+                for _ in range(8)
+            ]
+            for watch in watches:
+                await anext(aiter(watch))
+            before = store.lists
+            for running in range(2, 12):
+                await stub.Heartbeat(
+                    pb.HeartbeatRequest(
+                        pool="gpu", replica_id="r1", load=pb.ReplicaLoad(running=running)
+                    ),
+                    metadata=AUTH,
+                )
+            last = [await _until_running(watch, 11) for watch in watches]
+            reads = store.lists - before
+            for watch in watches:
+                watch.cancel()
+    finally:
+        await server.stop(0)
+
+    assert all(last)
+    # 10 heartbeats: at most one read each (before: one per heartbeat per watcher, 80).
+    assert reads <= 10
+
+
+async def _until_running(
+    watch: grpc.aio.UnaryStreamCall[pb.WatchReplicasRequest, pb.WatchReplicasResponse],
+    running: int,
+) -> bool:
+    async for snapshot in watch:
+        if snapshot.replicas and snapshot.replicas[0].load.running == running:
+            return True
+    return False

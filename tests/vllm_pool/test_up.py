@@ -16,20 +16,24 @@ import yaml
 from imesh.v1 import pool_service_pb2 as pb
 from imesh.v1 import pool_service_pb2_grpc
 from tests.support.redis_server import free_port
-from tests.vllm_pool.conftest import AUTH, TOKEN, TOKEN_ENV
+from tests.vllm_pool.conftest import AUTH, READER_ENV, READER_TOKEN, TOKEN, TOKEN_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def mesh_yaml(pool_port: int) -> dict[str, object]:
     return {
-        "pool_service": {"listen": f"127.0.0.1:{pool_port}", "token": f"env:{TOKEN_ENV}"},
+        "pool_service": {
+            "listen": f"127.0.0.1:{pool_port}",
+            "agent_tokens": [f"env:{TOKEN_ENV}"],
+            "reader_tokens": [f"env:{READER_ENV}"],
+        },
         "providers": {
             "gpu": {
                 "kind": "vllm_pool",
                 "pool": "gpu",
                 "address": f"127.0.0.1:{pool_port}",
-                "token": f"env:{TOKEN_ENV}",
+                "token": f"env:{READER_ENV}",
             }
         },
         "deployments": [{"name": "tiny-pool", "provider": "gpu", "model": "tiny"}],
@@ -46,7 +50,7 @@ async def test_imesh_up_serves_the_pool_registry_in_process(tmp_path: Path) -> N
         *(sys.executable, "-m", "router.cli.main", "up", "--config", str(config)),
         *("--listen", "127.0.0.1:0", "--no-http"),
         cwd=REPO,
-        env={**os.environ, TOKEN_ENV: TOKEN},
+        env={**os.environ, TOKEN_ENV: TOKEN, READER_ENV: READER_TOKEN},
         stdout=asyncio.subprocess.PIPE,
     )
     try:
@@ -76,11 +80,27 @@ async def test_imesh_up_serves_the_pool_registry_in_process(tmp_path: Path) -> N
     assert up.returncode == 0
 
 
-def test_a_pool_service_section_needs_a_token() -> None:
+def test_a_pool_service_section_needs_both_tokens() -> None:
     from router.config import ConfigError, parse_config
 
     data = mesh_yaml(50061)
     data["pool_service"] = {"listen": "127.0.0.1:50061"}
 
-    with pytest.raises(ConfigError, match=r"pool_service\.token"):
+    with pytest.raises(ConfigError, match=r"pool_service\.agent_tokens") as caught:
         parse_config(data)
+    assert "pool_service.reader_tokens" in str(caught.value)
+
+
+def test_a_pool_service_redis_url_is_a_reference_never_inline() -> None:
+    from router.config import ConfigError, parse_config
+
+    data = mesh_yaml(50061)
+    data["pool_service"] = {
+        "agent_tokens": [f"env:{TOKEN_ENV}"],
+        "reader_tokens": [f"env:{READER_ENV}"],
+        "redis_url": "redis://:secret@redis:6379/0",
+    }
+
+    with pytest.raises(ConfigError, match="never inline") as caught:
+        parse_config(data)
+    assert "secret@" not in str(caught.value)

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.backend import Batch
 from adapters.deadline import Deadline
+from adapters.pool_config import VllmPoolConfig
 from adapters.registry import build_backends
 from imesh.api import CallContext
 from imesh.errors import MeshError, Reason
@@ -43,9 +44,9 @@ from tests.vllm_pool.vllm_engines import (
     wait_ready,
 )
 from tests.vllm_pool.vllm_env import VllmEnvError, ensure
+from vllm_pool import register_kind
 from vllm_pool.agent import AgentError, AgentSettings, ReplicaAgent
 from vllm_pool.backend import PoolBackend
-from vllm_pool.config import VllmPoolConfig
 from vllm_pool.engine_probe import EngineProbe, GrpcEngineProbe, HttpEngineProbe
 from vllm_pool.replica import PoolReplica
 from vllm_pool.server import PoolServer, start_pool_server
@@ -166,7 +167,8 @@ async def mesh(engines: Engines, pool_token: str) -> AsyncIterator[Mesh]:
             "aliases": {"tiny": {"candidates": ["tiny-pool"]}},
         }
     )
-    backends = build_backends(config.providers)  # the pool registers kind vllm_pool
+    register_kind()
+    backends = build_backends(config.providers)
     backend = backends["gpu"]
     assert isinstance(backend, PoolBackend)
     router = ChatRouter(config, backends)
