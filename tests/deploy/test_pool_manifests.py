@@ -94,4 +94,62 @@ def test_the_pool_service_is_probed_on_its_grpc_health(docs: list[dict[str, Any]
     (service,) = pod(docs, "pool-service")["containers"]
 
     assert service["readinessProbe"]["grpc"] == {"port": 50061, "service": "imesh.v1.PoolService"}
-    assert flag(service["args"], "--token").startswith("file:")
+    assert flag(service["args"], "--agent-token").startswith("file:")
+
+
+def test_agents_and_routers_hold_different_pool_tokens(docs: list[dict[str, Any]]) -> None:
+    (service,) = pod(docs, "pool-service")["containers"]
+    agent_pod = pod(docs, "vllm-gpu-a")
+    (agent,) = agent_pod["initContainers"]
+    (token_volume,) = [v for v in agent_pod["volumes"] if v["name"] == "pool-token"]
+
+    assert flag(service["args"], "--agent-token") == "file:/etc/imesh-pool-token/agent"
+    assert flag(service["args"], "--reader-token") == "file:/etc/imesh-pool-token/reader"
+    assert flag(agent["args"], "--token") == "file:/etc/imesh-pool-token/agent"
+    # The replica's pod is given the agent key of the Secret, never the reader's.
+    assert [item["key"] for item in token_volume["secret"]["items"]] == ["agent"]
+
+
+def test_the_pool_service_serves_tls_and_agents_verify_it(docs: list[dict[str, Any]]) -> None:
+    (service,) = pod(docs, "pool-service")["containers"]
+    (agent,) = pod(docs, "vllm-gpu-a")["initContainers"]
+
+    assert flag(service["args"], "--tls-cert").endswith("tls.crt")
+    assert flag(agent["args"], "--ca").endswith("ca.crt")
+    assert flag(service["args"], "--redis").startswith("file:")
+
+
+def test_only_agents_routers_and_admins_reach_the_pool_service(
+    docs: list[dict[str, Any]],
+) -> None:
+    policy = find(docs, "NetworkPolicy", "pool-service-from-agents-and-routers")
+    grpc_rule = policy["spec"]["ingress"][0]
+
+    assert policy["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "pool-service"
+    }
+    assert grpc_rule["ports"] == [{"protocol": "TCP", "port": 50061}]
+    selectors = [peer["podSelector"] for peer in grpc_rule["from"]]
+    assert {"matchLabels": {"imesh.dev/router": "true"}} in selectors
+    assert {"matchExpressions": [{"key": "imesh.dev/pool", "operator": "Exists"}]} in selectors
+
+
+def test_only_routers_reach_vllm(docs: list[dict[str, Any]]) -> None:
+    policy = find(docs, "NetworkPolicy", "vllm-from-routers")
+    serving = policy["spec"]["ingress"][0]
+    labels = find(docs, "Deployment", "vllm-gpu-a")["spec"]["template"]["metadata"]["labels"]
+
+    assert "imesh.dev/pool" in labels  # the policy selects the vLLM pods
+    assert [peer["podSelector"] for peer in serving["from"]] == [
+        {"matchLabels": {"imesh.dev/router": "true"}}
+    ]
+    assert {p["port"] for p in serving["ports"]} == {8000, 50052}
+
+
+def test_the_cli_accepts_the_manifests_pool_flags(docs: list[dict[str, Any]]) -> None:
+    (service,) = pod(docs, "pool-service")["containers"]
+    (agent,) = pod(docs, "vllm-gpu-a")["initContainers"]
+    parser = build_parser()
+
+    parser.parse_args(service["args"])
+    parser.parse_args(agent["args"])
