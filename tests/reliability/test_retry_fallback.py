@@ -242,7 +242,9 @@ async def test_breaker_opens_after_failures_and_the_router_fails_fast() -> None:
     assert mesh.router.breakers["dep-a"].state is BreakerState.OPEN
     started = time.monotonic()
     _, error = await collect(mesh, user_input("solo"))
-    assert time.monotonic() - started < 0.05
+    # Fast: not waiting out the breaker's 60 s nor the request's 300 s timeout. A second
+    # leaves a loaded machine its scheduling delays.
+    assert time.monotonic() - started < 1.0
     assert isinstance(error, MeshError)
     assert error.code is grpc.StatusCode.UNAVAILABLE
     assert error.reason == "ALL_BREAKERS_OPEN"
