@@ -19,6 +19,8 @@ from imesh.limits import MAX_CONTENT_PARTS, MAX_MESSAGES, MAX_STOP_SEQUENCES, MA
 from imesh.v1 import chat_pb2
 
 _INT32_MAX = 2**31 - 1
+# An affinity key is an id (a conversation's, a user's), not content.
+_MAX_AFFINITY_KEY_CHARS = 256
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # OpenAI's documented ranges for the sampling fields.
 _PENALTY = (-2.0, 2.0)
@@ -158,6 +160,13 @@ def translate_chat(data: dict[str, Any], limits: RequestLimits = DEFAULT_LIMITS)
         if not isinstance(user, str):
             _bad("user", "must be a string")
         out.user = user
+    # OpenAI's prompt_cache_key ("requests with the same key share a prompt cache") is the
+    # GPU pool's affinity key: same key, same replica while its load allows.
+    cache_key = data.get("prompt_cache_key")
+    if cache_key is not None:
+        if not isinstance(cache_key, str) or len(cache_key) > _MAX_AFFINITY_KEY_CHARS:
+            _bad("prompt_cache_key", f"must be a string of at most {_MAX_AFFINITY_KEY_CHARS}")
+        out.routing.affinity_key = cache_key
     stop = data.get("stop")
     if stop is not None:
         out.stop.extend(_stop(stop))

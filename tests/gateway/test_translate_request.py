@@ -185,3 +185,14 @@ def test_lone_surrogate_in_a_string_is_a_400_not_a_crash() -> None:
     with pytest.raises(MeshError) as caught:
         parse_chat_body(raw)
     assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_prompt_cache_key_becomes_the_routing_affinity_key() -> None:
+    call = translate_chat(body(prompt_cache_key="conversation-42"))
+    assert call.input.routing.affinity_key == "conversation-42"
+    assert translate_chat(body()).input.routing.affinity_key == ""
+
+
+@pytest.mark.parametrize("key", [42, ["a"], "k" * 257])
+def test_a_prompt_cache_key_that_is_not_a_short_string_is_refused(key: object) -> None:
+    assert violation(body(prompt_cache_key=key)) == "prompt_cache_key"

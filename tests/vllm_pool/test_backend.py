@@ -239,3 +239,19 @@ async def test_closing_the_call_closes_the_replicas_stream_at_once(
 
     assert pool.fakes["r1"].open == 0
     assert backend.view.replicas()[0].in_flight == 0
+
+
+async def test_calls_with_one_affinity_key_go_to_one_replica(
+    pool: Pool, backend: PoolBackend
+) -> None:
+    for rid in ("r1", "r2", "r3", "r4"):
+        await pool.add(rid)
+    await synced(backend, 4)
+
+    for i in range(6):
+        request = generate(f"a different prompt each time {i}")
+        request.input.routing.affinity_key = "conversation-42"
+        await collect(backend, request)
+
+    called = {rid: fake.calls for rid, fake in pool.fakes.items() if fake.calls}
+    assert list(called.values()) == [6]
