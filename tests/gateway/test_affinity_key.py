@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from adapters.backend import Batch
+from adapters.config import SimulatedConfig
 from adapters.deadline import Deadline
 from adapters.simulated import SimulatedBackend
 from imesh.client import Client
@@ -38,6 +39,7 @@ async def test_prompt_cache_key_reaches_the_backend_over_grpc(
     config = config_with()
     backends: dict[str, Any] = {}
     for name, provider in config.providers.items():
+        assert isinstance(provider, SimulatedConfig)
         backends[name] = RecordingBackend(provider)
         backends[name].keys = []
     router = ChatRouter(config, backends)
