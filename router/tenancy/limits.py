@@ -172,15 +172,7 @@ class RedisLimiter:
     async def reserve(self, limits: TenantLimits, reservation: Reservation) -> Grant:
         now = self._wall()
         day, month, day_end, month_end = period_ends(now)
-        t = f"imesh:{{{reservation.tenant}}}"
-        keys = [
-            f"{t}:rpm",
-            f"{t}:tpm",
-            f"{t}:day:{day}",
-            f"{t}:month:{month}",
-            f"{t}:resv",
-            f"{t}:resv-exp",
-        ]
+        keys = _tenant_keys(reservation.tenant, day, month)
         grant_id = uuid.uuid4().hex
         args: list[str | int] = [
             int(now * 1000),
@@ -206,9 +198,31 @@ class RedisLimiter:
         return Grant(grant_id, reservation, figures, local=False, keys=tuple(keys))
 
     async def settle(self, grant: Grant, tokens: int, cost_micros: int) -> None:
+        """Idempotent per grant (for the reservation TTL): safe to send again after a
+        failure that may have reached Redis."""
         _, tpm, day, month, resv, expiries = grant.keys
         with unreachable_as_store_error():
             await self._settle(
-                keys=[tpm, day, month, resv, expiries],
-                args=[int(self._wall() * 1000), grant.id, tokens, cost_micros],
+                keys=[tpm, day, month, resv, expiries, f"{resv}:settled:{grant.id}"],
+                args=[int(self._wall() * 1000), grant.id, tokens, cost_micros, self._ttl_ms],
             )
+
+    def carried(self, grant: Grant) -> Grant:
+        """A grant nothing is reserved for in Redis, standing for `grant` (made on a
+        router's local limits during an outage): settling it adds the spend in full to
+        the tenant's shared counters of today."""
+        day, month, _, _ = period_ends(self._wall())
+        keys = tuple(_tenant_keys(grant.reservation.tenant, day, month))
+        return Grant(uuid.uuid4().hex, grant.reservation, grant.figures, local=False, keys=keys)
+
+
+def _tenant_keys(tenant: str, day: str, month: str) -> list[str]:
+    t = f"imesh:{{{tenant}}}"
+    return [
+        f"{t}:rpm",
+        f"{t}:tpm",
+        f"{t}:day:{day}",
+        f"{t}:month:{month}",
+        f"{t}:resv",
+        f"{t}:resv-exp",
+    ]

@@ -114,9 +114,8 @@ class Tenancy:
             secret = settings.key_secret.resolve().encode()
             redis_client = connect(settings.redis_url.resolve(), settings.redis_timeout_s)
             store = RedisKeyStore(redis_client)
-            limiter = FallbackLimiter(
-                RedisLimiter(redis_client, reservation_ttl_s=settings.reservation_ttl_s), local
-            )
+            shared = RedisLimiter(redis_client, reservation_ttl_s=settings.reservation_ttl_s)
+            limiter = FallbackLimiter(shared, local, carry=shared.carried)
             u = settings.usage
             spill_dir = Path(u.spill_dir or Path(tempfile.gettempdir()) / "imesh-usage")
             spill = SpillSlot.claim(spill_dir)
@@ -187,6 +186,7 @@ class Tenancy:
         if self._aggregator is not None:
             await self._aggregator.aclose()
         await self.admitter.aclose()
+        await self.limiter.aclose()
         await self.sink.aclose()
         if self._spill is not None:
             self._spill.release()
