@@ -117,7 +117,9 @@ class Planner:
         more = len(names) - KNOWN_NAMES_SHOWN
         self._known_names = f"{shown}, and {more} more" if more > 0 else shown
 
-    def plan(self, request: chat_pb2.ChatInput) -> Plan:
+    def plan(self, request: chat_pb2.ChatInput, prompt_tokens: int | None = None) -> Plan:
+        """`prompt_tokens`: the request's estimate when the caller has it already
+        (RequestScope.prompt_tokens_estimate); made here otherwise."""
         route = self._route(request.model)
         routing = request.routing
         policy_name = routing.policy or route.policy_name
@@ -127,7 +129,8 @@ class Planner:
                 "input.routing.policy",
                 f"unknown policy {policy_name!r} (known: {', '.join(POLICY_NAMES)})",
             )
-        prompt_tokens = estimate_prompt_tokens(request)
+        if prompt_tokens is None:
+            prompt_tokens = estimate_prompt_tokens(request)
         capable = self._capable(route.members, request, prompt_tokens)
         candidates = [c for c in capable if c.breaker.available()]
         if not candidates:

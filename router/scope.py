@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from adapters.deadline import Deadline
+from adapters.token_estimate import estimate_prompt_tokens
 from imesh.v1 import chat_pb2, events_pb2
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class RequestScope:
     # The caller's standing against its rate limits, set by an admitter (tenancy); the
     # router stamps it on the start event.
     rate_limit: events_pb2.RateLimitStatus | None = None
+    _prompt_tokens: int | None = field(default=None, init=False, repr=False)
 
     @property
     def model(self) -> str:
@@ -68,3 +70,11 @@ class RequestScope:
     @property
     def cache(self) -> chat_pb2.CachePolicy.ValueType:
         return self.request.routing.cache
+
+    @property
+    def prompt_tokens_estimate(self) -> int:
+        """The prompt's token estimate, made once per request (admission and the plan
+        both need it; it walks every message)."""
+        if self._prompt_tokens is None:
+            self._prompt_tokens = estimate_prompt_tokens(self.request)
+        return self._prompt_tokens

@@ -117,7 +117,8 @@ class ChatRouter:
             scope.caller = await self._auth.authenticate(ctx.api_key)  # authenticate
             await validate_chat_input_off_loop(request)
             ticket = await admit_all(self._admitters, scope)  # admit
-            scope.plan = plan = self._planner.plan(request)  # plan
+            plan = self._planner.plan(request, scope.prompt_tokens_estimate)  # plan
+            scope.plan = plan
             if timeout <= 0:
                 raise MeshError.of(Reason.CALLER_DEADLINE, "no time left for the call")
             run = self._executor.run(scope, plan)  # execute

@@ -49,8 +49,11 @@ class ReservationEstimator:
         for alias, spec in config.aliases.items():
             self._candidates[alias] = [deployments[c] for c in spec.candidates]
 
-    def estimate(self, tenant: str, request: chat_pb2.ChatInput) -> Reservation:
-        prompt = estimate_prompt_tokens(request)
+    def estimate(
+        self, tenant: str, request: chat_pb2.ChatInput, prompt_tokens: int | None = None
+    ) -> Reservation:
+        """`prompt_tokens`: the request's estimate when the caller has it already."""
+        prompt = estimate_prompt_tokens(request) if prompt_tokens is None else prompt_tokens
         candidates = self._candidates.get(request.model, [])
         if request.HasField("max_tokens"):
             completion = max(request.max_tokens, 0)
@@ -105,7 +108,7 @@ class TenantAdmitter:
                 f"the router is shedding priority {tenant.priority} under load; retry shortly",
                 retry_after=1.0,
             )
-        reservation = self._estimator.estimate(name, scope.request)
+        reservation = self._estimator.estimate(name, scope.request, scope.prompt_tokens_estimate)
         reserving = asyncio.ensure_future(self._limiter.reserve(tenant, reservation))
         try:
             # Shielded: once the script ran in Redis, the grant exists whether or not the
