@@ -80,6 +80,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="also profile the mesh with py-spy in an extra round (profile-mesh-rest.md)",
     )
+    bench.add_argument(
+        "--pool",
+        action="store_true",
+        help="only the GPU pool's transports: real vLLM engines on CPU over HTTP and native "
+        "gRPC, direct against through the mesh (pool-transports.md; needs `make vllm-env`)",
+    )
     bench.set_defaults(func=run_bench)
 
 
@@ -119,6 +125,8 @@ def run_bench(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.pool:
+        return _run_pool(args, out)
     # Read before the run: the file compared to is often the LATEST.json this run replaces.
     try:
         before = compare.load_figures(args.compare_to) if args.compare_to else None
@@ -154,6 +162,23 @@ def run_bench(args: argparse.Namespace) -> int:
         return 143
     print(f"results in {out}/; bench took {time.perf_counter() - started:.0f} s")
     return 0 if ok else 1
+
+
+def _run_pool(args: argparse.Namespace, out: Path) -> int:
+    from bench.pool_transports import pool_transports_markdown, run_pool_transports
+
+    rounds, requests = args.rounds, min(args.requests, 20)
+    figures = run(
+        _cancellable(
+            lambda: run_pool_transports(
+                rounds=rounds, requests=requests, warmup=min(args.warmup, 3), log=_log
+            )
+        )
+    )
+    text = pool_transports_markdown(figures, rounds=rounds, requests=requests)
+    (out / "pool-transports.md").write_text(text, encoding="utf-8")
+    print(text)
+    return 0 if all(f.errors == 0 for f in figures.values()) else 1
 
 
 def _log(line: str) -> None:
