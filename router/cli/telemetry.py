@@ -29,6 +29,7 @@ import grpc
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from router.cli.grpc_metrics import GrpcServerMetrics
+from router.cli.loop_lag import LoopLag
 from router.cli.metrics_port import start_metrics_port
 
 if TYPE_CHECKING:
@@ -87,22 +88,27 @@ def _exporters(env: Mapping[str, str]) -> tuple[str, ...]:
 class Telemetry:
     """Lifecycle: `start_telemetry` once per process before any gRPC server or channel is
     built (the gRPC instrumentation patches their constructors); `close()` at exit stops
-    the metrics port and flushes the spans still buffered. `registry` is None when metrics
-    are off."""
+    the metrics port and the loop-lag watch, and flushes the spans still buffered.
+    `registry` is None when metrics are off."""
 
     registry: CollectorRegistry | None
     tracing: bool
     _provider: TracerProvider | None = None
     _servers: list[asyncio.Server] = field(default_factory=list)
+    _loop_lag: LoopLag | None = None
 
     async def serve_metrics(self, listen: str) -> int:
         """Serve `GET /metrics` on `listen` ("host:port"; port 0 picks one) on the running
         loop (router.cli.metrics_port), and return the bound port (0 when metrics are off:
-        nothing is served)."""
+        nothing is served). From then on the loop's lag is measured too
+        (`imesh_event_loop_lag_seconds`, router.cli.loop_lag)."""
         if self.registry is None:
             return 0
         server = await start_metrics_port(self.registry, listen)
         self._servers.append(server)
+        if self._loop_lag is None:
+            self._loop_lag = LoopLag(self.registry)
+            self._loop_lag.start()
         return int(server.sockets[0].getsockname()[1])
 
     def edge(self) -> EdgeObservability:
@@ -117,6 +123,8 @@ class Telemetry:
             server.close()
             await server.wait_closed()
         self._servers.clear()
+        if self._loop_lag is not None:
+            await self._loop_lag.aclose()
         if self._provider is not None:
             self._provider.shutdown()  # flushes what the batch processor still holds
             self._provider = None

