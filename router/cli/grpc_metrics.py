@@ -40,6 +40,9 @@ class GrpcServerMetrics(_ServerInterceptor, Collector):
     def __init__(self, registry: CollectorRegistry) -> None:
         self._handled: dict[tuple[str, str], int] = {}
         self._seconds: dict[str, LoopHistogram] = {}
+        # method -> (its handler, that handler wrapped): wrapping costs about 7 us, and a
+        # method's handler is the same object call after call.
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
         registry.register(self)
 
     async def intercept_service(
@@ -51,7 +54,12 @@ class GrpcServerMetrics(_ServerInterceptor, Collector):
         method: str = handler_call_details.method
         if handler is None or not observed(method):
             return handler
-        return wrap_handler(handler, functools.partial(self._measuring, method))
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = wrap_handler(handler, functools.partial(self._measuring, method))
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     @contextmanager
     def _measuring(self, method: str, context: Context) -> Iterator[None]:

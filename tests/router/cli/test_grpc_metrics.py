@@ -78,3 +78,23 @@ async def test_calls_are_counted_by_method_and_code_in_every_handler_style() -> 
         if "method" in s.labels
     }
     assert not any("grpc.health" in m for m in methods)
+
+
+async def test_a_method_handler_is_wrapped_once_and_every_call_still_counted() -> None:
+    registry = CollectorRegistry()
+    metrics = GrpcServerMetrics(registry)
+    handler = grpc.unary_unary_rpc_method_handler(ok)
+    details: Any = type("Details", (), {"method": "/t.S/Ok", "invocation_metadata": ()})()
+
+    async def continuation(_: Any) -> Any:
+        return handler
+
+    first = await metrics.intercept_service(continuation, details)
+    again = await metrics.intercept_service(continuation, details)
+    assert again is first
+    context: Any = type("Ctx", (), {"code": lambda self: None, "cancelled": lambda self: False})()
+    for wrapped in (first, again):
+        behaviour: Any = wrapped.unary_unary
+        assert await behaviour(b"", context) == b"ok"
+    labels = {"method": "/t.S/Ok", "code": "OK"}
+    assert registry.get_sample_value("imesh_grpc_server_handled_total", labels) == 2
