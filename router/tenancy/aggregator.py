@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 import uuid
 from typing import Any, cast
 
@@ -18,6 +19,10 @@ from router.tenancy.usage_event import UsageEvent
 log = logging.getLogger(__name__)
 
 GROUP = "imesh-aggregator"
+# How often `run()` trims what every group has acknowledged, and the backlog (entries not
+# yet delivered to the group) above which it warns: the aggregators are falling behind.
+TRIM_EVERY_S = 10.0
+BACKLOG_WARNING = 100_000
 
 
 class UsageAggregator:
@@ -28,6 +33,9 @@ class UsageAggregator:
     Several may run at once (one per router): the group gives each event to one of them.
     Its client's socket timeout must outlast `block_s` (a blocking read waits that long):
     give it a client of its own, not the request path's fail-fast one.
+    The stream's only trimmer: `trim()` drops entries every group has acknowledged, never
+    one unread or pending, so no event is lost to a cap (`backlog` says how far behind
+    this group is).
     """
 
     def __init__(
@@ -52,6 +60,7 @@ class UsageAggregator:
         self._rollup = client.register_script(lua("rollup.lua"))
         self._group_ready = False
         self.counted = 0
+        self.backlog: int | None = None  # None: not measured yet (or Redis cannot say)
 
     async def step(self, *, block: bool = False) -> int:
         """Roll up one batch: this consumer's pending entries first, then entries idle at a
@@ -66,12 +75,41 @@ class UsageAggregator:
             await self._apply(entries)
         return len(entries)
 
+    async def trim(self) -> int:
+        """Drops the entries every consumer group of the stream has acknowledged; returns
+        how many. Updates `backlog` (warned about above BACKLOG_WARNING)."""
+        await self._ensure_group()
+        groups: Any = await self._redis.xinfo_groups(self._stream)
+        floor: tuple[int, int] | None = None
+        for group in groups:
+            pending: Any = await self._redis.xpending(self._stream, group["name"])
+            if pending["pending"]:
+                keep_from = _stream_id(pending["min"])  # the oldest unacknowledged
+            else:
+                ms, seq = _stream_id(group["last-delivered-id"])
+                keep_from = (ms, seq + 1)  # everything delivered was acknowledged
+            floor = keep_from if floor is None else min(floor, keep_from)
+            if group["name"] in (GROUP, GROUP.encode()):
+                lag = group.get("lag")
+                self.backlog = lag if isinstance(lag, int) else None
+        if self.backlog is not None and self.backlog > BACKLOG_WARNING:
+            log.warning("usage aggregator: %d events not yet read", self.backlog)
+        if floor is None:
+            return 0
+        return int(
+            await self._redis.xtrim(self._stream, minid=f"{floor[0]}-{floor[1]}", approximate=False)
+        )
+
     async def run(self) -> None:
         backoff = 0.1
         down = False
+        trim_at = time.monotonic() + TRIM_EVERY_S
         while True:
             try:
                 await self.step(block=True)
+                if time.monotonic() >= trim_at:
+                    trim_at = time.monotonic() + TRIM_EVERY_S
+                    await self.trim()
             except UNREACHABLE as exc:
                 if not down:  # once per outage, not once per retry
                     log.warning("usage aggregator: Redis unreachable (%s); retrying", exc)
@@ -147,3 +185,9 @@ class UsageAggregator:
             await self._redis.xack(self._stream, GROUP, *unreadable)
         if len(args) > 3:
             self.counted += int(await self._rollup(keys=[self._stream], args=args))
+
+
+def _stream_id(raw: bytes | str) -> tuple[int, int]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)

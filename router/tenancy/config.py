@@ -69,11 +69,10 @@ class UsageSettings(Strict):
     # Prefix of every usage key: the stream (`<namespace>events`), the rollups, the
     # idempotency keys. Its hash tag keeps them in one slot (the rollup script needs it).
     namespace: str = Field("imesh:{usage}:", pattern=r"^[^{}]*\{[^{}]+\}[^{}]*$")
-    # Approximate cap on the stream's length (XADD MAXLEN ~); the rollup is the record.
-    stream_maxlen: int = Field(1_000_000, ge=1000)
     # Events held in memory while Redis is unreachable; beyond it they spill to disk.
     buffer_events: int = Field(10_000, ge=1)
-    # Directory for spilled events; None: a directory under the system's temp dir.
+    # Directory for spilled events: give it a volume that outlives the pod (deploy/base
+    # mounts one). None: a directory under the system's temp dir (lost with the machine).
     spill_dir: str | None = None
     flush_interval_s: float = Field(0.05, gt=0)
     # How long a processed event's idempotency key is remembered by the aggregator.

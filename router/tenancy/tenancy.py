@@ -122,7 +122,6 @@ class Tenancy:
             sink = StreamUsageSink(
                 redis_client,
                 stream=u.stream,
-                maxlen=u.stream_maxlen,
                 buffer_events=u.buffer_events,
                 spill_path=spill.path,
                 flush_interval_s=u.flush_interval_s,

@@ -1,5 +1,5 @@
-"""Usage events to a Redis Stream, never lost: a bounded in-memory buffer, spilled to disk
-while Redis is unreachable, flushed (disk first) when it returns."""
+"""Usage events to a Redis Stream, never lost: an in-memory buffer, spilled to disk (off the
+event loop) while Redis is unreachable, flushed (disk first) when it returns."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import logging
 import os
 from collections import deque
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TextIO
 
 import redis.asyncio as aioredis
 
@@ -39,10 +39,14 @@ class UsageSink(Protocol):
 class StreamUsageSink:
     """Sends events to a Redis Stream in batches from one background task.
 
-    While Redis is unreachable, events wait in memory up to `buffer_events`; beyond that
-    the buffer is appended to `spill_path` (JSON lines, fsynced). When Redis answers again
-    the spill file is sent first, then the buffer. A batch that failed half-way is sent
-    again whole: the aggregator's idempotency keys drop the duplicates.
+    While Redis is unreachable, events wait in memory; past `buffer_events` the flusher
+    task appends the buffer to `spill_path` (JSON lines, fsynced) from a worker thread,
+    so a request's settle never writes to disk. When Redis answers again the spill file
+    is sent first (read in batches, off the loop), then the buffer. A batch that failed
+    half-way is sent again whole: the aggregator's idempotency keys drop the duplicates.
+
+    Nothing here trims the stream: the aggregator trims only what its group has
+    acknowledged (UsageAggregator.trim), so no event is dropped unread.
     """
 
     def __init__(
@@ -50,14 +54,12 @@ class StreamUsageSink:
         client: aioredis.Redis,
         *,
         stream: str,
-        maxlen: int,
         buffer_events: int,
         spill_path: Path,
         flush_interval_s: float,
     ) -> None:
         self._redis = client
         self._stream = stream
-        self._maxlen = maxlen
         self._limit = buffer_events
         self._spill = spill_path
         self._interval = flush_interval_s
@@ -75,10 +77,8 @@ class StreamUsageSink:
 
     def emit(self, event: UsageEvent) -> None:
         self._buffer.append(event)
-        if len(self._buffer) > self._limit:
-            self._spill_buffer()
-        if len(self._buffer) >= BATCH:
-            self._wake.set()
+        if len(self._buffer) >= BATCH or len(self._buffer) > self._limit:
+            self._wake.set()  # the flusher sends, or spills: never this caller
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-events-flush")
@@ -112,7 +112,7 @@ class StreamUsageSink:
                 await self._task
             self._task = None
         if not await self.flush() and self._buffer:
-            self._spill_buffer()  # kept on disk for the next start
+            await self._spill_buffer()  # kept on disk for the next start
 
     async def _run(self) -> None:
         while True:
@@ -121,19 +121,15 @@ class StreamUsageSink:
             self._wake.clear()
             if self._buffer or self._has_spill():
                 try:
-                    await self.flush()
+                    if not await self.flush() and len(self._buffer) > self._limit:
+                        await self._spill_buffer()
                 except Exception:  # never let the flusher die: events would pile up
                     log.exception("usage events: flush failed")
 
     async def _send(self, batch: list[UsageEvent]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for event in batch:
-                pipe.xadd(
-                    self._stream,
-                    event.to_fields(),  # type: ignore[arg-type]
-                    maxlen=self._maxlen,
-                    approximate=True,
-                )
+                pipe.xadd(self._stream, event.to_fields())  # type: ignore[arg-type]
             await pipe.execute()
         self.sent += len(batch)
 
@@ -148,26 +144,56 @@ class StreamUsageSink:
         # Spills written while this one is being sent land in a new file, not lost.
         if not self._sending.exists():
             self._spill.rename(self._sending)
-        lines = self._sending.read_text(encoding="utf-8").splitlines()
-        events = []
-        for line in lines:
-            try:
-                events.append(UsageEvent.from_json(line))
-            except (ValueError, KeyError):
-                log.warning("usage events: skipping a damaged spilled line")
-        for i in range(0, len(events), BATCH):
-            await self._send(events[i : i + BATCH])
+        with self._sending.open(encoding="utf-8") as spilled:
+            while events := await asyncio.to_thread(_read_events, spilled, BATCH):
+                await self._send(events)
         self._sending.unlink()
 
-    def _spill_buffer(self) -> None:
-        self._spill.parent.mkdir(parents=True, exist_ok=True)
-        with self._spill.open("a", encoding="utf-8") as out:
-            for event in self._buffer:
-                out.write(event.to_json() + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        self.spilled += len(self._buffer)
+    async def _spill_buffer(self) -> None:
+        events = list(self._buffer)
         self._buffer.clear()
+        writing = asyncio.ensure_future(asyncio.to_thread(_append, self._spill, events))
+        # A cancel (shutdown) neither stops the write nor skips its outcome: the events
+        # end up on disk or back in memory, exactly once.
+        try:
+            await asyncio.wait([writing])
+        except asyncio.CancelledError:
+            await asyncio.wait([writing])
+            raise
+        finally:
+            self._after_spill(writing, events)
+
+    def _after_spill(self, writing: asyncio.Future[None], events: list[UsageEvent]) -> None:
+        error = writing.exception()
+        if error is None:
+            self.spilled += len(events)
+        else:  # a full or broken disk: keep them in memory, the next flush tries again
+            self._buffer.extendleft(reversed(events))
+            log.error("usage events: spilling to %s failed: %s", self._spill, error)
+
+
+def _append(path: Path, events: list[UsageEvent]) -> None:
+    """Appends events as JSON lines and fsyncs (in a worker thread)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as out:
+        out.writelines(event.to_json() + "\n" for event in events)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _read_events(spilled: TextIO, count: int) -> list[UsageEvent]:
+    """The next `count` events of a spill file (in a worker thread); damaged lines are
+    skipped. Empty at the end of the file."""
+    events: list[UsageEvent] = []
+    while len(events) < count:
+        line = spilled.readline()
+        if not line:
+            break
+        try:
+            events.append(UsageEvent.from_json(line))
+        except (ValueError, KeyError):
+            log.warning("usage events: skipping a damaged spilled line")
+    return events
 
 
 def _count_lines(path: Path) -> int:

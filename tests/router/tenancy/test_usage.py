@@ -58,7 +58,6 @@ def sink(client: aioredis.Redis, spill: Path, buffer_events: int = 10_000) -> St
     return StreamUsageSink(
         client,
         stream=NS + "events",
-        maxlen=100_000,
         buffer_events=buffer_events,
         spill_path=spill,
         flush_interval_s=0.01,
