@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import tempfile
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from router.tenancy.usage_events import SpillSlot, StreamUsageSink, UsageSink
 from router.tenancy.usage_recording import UsageRecorder
 from router.tenancy.usage_service import TenantUsageAPI, UsageServicer
 from router.tenancy.usage_store import MemoryUsage, RedisUsageReader, UsageReader
+
+log = logging.getLogger(__name__)
 
 # How long the aggregator's read waits for new events before it looks again.
 AGGREGATOR_BLOCK_S = 1.0
@@ -117,6 +120,11 @@ class Tenancy:
             shared = RedisLimiter(redis_client, reservation_ttl_s=settings.reservation_ttl_s)
             limiter = FallbackLimiter(shared, local, carry=shared.carried)
             u = settings.usage
+            if u.spill_dir is None:
+                log.warning(
+                    "tenancy.usage.spill_dir is not set: usage spilled during a Redis outage "
+                    "goes to the temp directory and is lost with this machine"
+                )
             spill_dir = Path(u.spill_dir or Path(tempfile.gettempdir()) / "imesh-usage")
             spill = SpillSlot.claim(spill_dir)
             sink = StreamUsageSink(
