@@ -11,8 +11,9 @@ import grpc
 import pytest
 
 from adapters.backend import Backend
+from adapters.config import SimulatedConfig
+from adapters.simulated import SimulatedBackend
 from imesh.v1 import pool_service_pb2 as pb
-from tests.vllm_pool.test_backend import FakeReplica
 from vllm_pool.health import ReplicaHealth
 from vllm_pool.view import PoolView
 
@@ -36,7 +37,7 @@ class FlakyStub:
 
 
 def _backend(spec: pb.ReplicaSpec) -> Backend:
-    return FakeReplica()
+    return SimulatedBackend(SimulatedConfig(kind="simulated"))
 
 
 async def test_a_watch_error_that_is_not_grpc_is_logged_and_retried(
