@@ -21,9 +21,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from gateway.loop_histogram import LoopHistogram
 from imesh.errors import Reason, classify
 from router.breaker import BreakerState, CircuitBreaker
-from gateway.loop_histogram import LoopHistogram
 from router.recorder import AttemptKind, AttemptRecord, RequestOutcome, RequestRecord
 from router.stats import StatsRegistry
 
