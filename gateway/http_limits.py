@@ -4,6 +4,9 @@ httptools (llhttp) buffers a head of any size and any number of headers. This pr
 counts both as the parser reports them, and the bytes fed while a head is still open (a
 single header can arrive in many reads), and answers 431 Request Header Fields Too Large
 before the head is ever handed to the app.
+
+It also sends a response's head with its first body write: uvicorn writes them
+separately, two TCP segments with TCP_NODELAY, so the caller wakes twice per answer.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from uvicorn.config import Config
@@ -20,6 +24,85 @@ from uvicorn.server import ServerState
 
 class HeadTooLarge(Exception):
     """Raised inside a parser callback; the parser turns it into its own error."""
+
+
+class CoalescingTransport(asyncio.Transport):
+    """A transport that holds a response's head until the next write (the body, usually
+    in the same step) or the end of the loop iteration, whichever comes first, so a short
+    answer leaves as one segment. Closing flushes first; aborting drops what is held.
+    Everything else is the wrapped transport's."""
+
+    __slots__ = ("_inner", "_loop", "_pending")
+
+    def __init__(self, inner: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._inner = inner
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._pending:
+            self._pending.append(bytes(data))
+            self.flush()
+        elif bytes(data[:5]) == b"HTTP/":
+            self._pending.append(bytes(data))
+            self._loop.call_soon(self.flush)
+        else:
+            self._inner.write(data)
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        if not self._inner.is_closing():
+            self._inner.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._inner.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._inner.abort()
+
+    def is_closing(self) -> bool:
+        return self._inner.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._inner.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self._inner.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._inner.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._inner.is_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._inner.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._inner.get_protocol()
+
+    def get_write_buffer_size(self) -> int:
+        return self._inner.get_write_buffer_size() + sum(len(d) for d in self._pending)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._inner.set_write_buffer_limits(high, low)
+
+    def can_write_eof(self) -> bool:
+        return self._inner.can_write_eof()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._inner.write_eof()
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -45,6 +128,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._open_head_bytes = 0  # bytes read while the head stayed incomplete
         self._header_count = 0
         self._refused: str | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(CoalescingTransport(transport, self.loop))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
