@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from gateway.openai_usage import usage_object
 from imesh.errors import MeshError, Reason, classify
 
 logger = logging.getLogger("imesh.gateway")
@@ -73,7 +74,11 @@ def http_error(exc: BaseException) -> HttpError:
     """The HTTP status, OpenAI error body and headers for any failure of a call."""
     err = as_mesh_error(exc)
     status = classify(err).http_status
-    body = json.dumps({"error": error_object(err)}, separators=(",", ":")).encode()
+    payload: dict[str, object] = {"error": error_object(err)}
+    if err.usage is not None:
+        # A call cut after output began was still billed: say what it spent.
+        payload["usage"] = usage_object(err.usage)
+    body = json.dumps(payload, separators=(",", ":")).encode()
     headers: tuple[tuple[bytes, bytes], ...] = ()
     # 429 always says when to come back; 503 (breakers open, draining) when it knows.
     delay = err.retry_after if err.retry_after is not None else (1.0 if status == 429 else None)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from json.encoder import encode_basestring_ascii as _quote
 
 from gateway.errors import error_object
+from gateway.openai_usage import usage_object
 from imesh.errors import MeshError
 from imesh.v1 import chat_service_pb2, events_pb2
 
@@ -36,16 +37,6 @@ _DELTA_CLOSE = b'},"logprobs":null,"finish_reason":null}]}\n\n'
 _TOOLS_OPEN = b'{"index":0,"delta":{"tool_calls":['
 _TOOLS_CLOSE = b']},"logprobs":null,"finish_reason":null}]}\n\n'
 DONE_FRAME = b"data: [DONE]\n\n"
-
-
-def usage_object(usage: events_pb2.Usage) -> dict[str, object]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
-    }
 
 
 def completion_body(

@@ -280,3 +280,17 @@ async def test_error_event_without_usage_still_ends_the_stream_with_error(
     assert frames[-1].startswith('data: {"error":')
     assert response.text.count('"error"') == 1
     assert "[DONE]" not in response.text
+
+
+async def test_a_non_streaming_call_cut_mid_answer_is_502_with_its_partial_usage(edge) -> None:
+    async with edge.http() as http:
+        response = await http.post(
+            "/v1/chat/completions", json={"model": "sim-cut", "messages": HI}
+        )
+    assert response.status_code == 502
+    assert "retry-after" not in response.headers
+    body = response.json()
+    assert body["error"]["code"] == "upstream_interrupted"
+    # the 3 tokens produced before the cut were billed, and the caller is told so
+    assert body["usage"]["completion_tokens"] == 3
+    assert body["usage"]["prompt_tokens"] > 0
