@@ -286,8 +286,10 @@ async def test_load_aware_picking_prefers_the_idle_replica(
         )
     )
     async with httpx.AsyncClient(base_url=engines.http.address, timeout=120) as http:
-        busy = [asyncio.create_task(_keep_busy(http, i)) for i in range(4)]
-        await until(lambda: _busy_in(by_load.view, "http-0", 3), timeout_s=60)
+        # Eight long completions keep the HTTP engine's running count well above the idle
+        # one's even in the gap between one busy request ending and the next starting.
+        busy = [asyncio.create_task(_keep_busy(http, i)) for i in range(8)]
+        await until(lambda: _busy_in(by_load.view, "http-0", 6), timeout_s=60)
 
         for i in range(6):
             request = _generate(chat(f"an unrelated question number {i}", max_tokens=2))
@@ -300,7 +302,11 @@ async def test_load_aware_picking_prefers_the_idle_replica(
     calls = {r.id: r.calls for r in by_load.view.replicas()}
     await by_load.aclose()
 
-    assert calls == {"grpc-0": 6, "http-0": 0}
+    # The pick is the lower load score the router saw; a heartbeat read while the engine
+    # was between busy requests may still send one call there on a loaded machine. A picker
+    # blind to load splits 3:3 (round robin) or passes this 7 times in 64 (random).
+    assert calls["grpc-0"] >= 5
+    assert calls["grpc-0"] + calls["http-0"] == 6
 
 
 async def _busy_in(view: PoolView, replica_id: str, at_least: int) -> bool:
