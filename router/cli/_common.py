@@ -11,12 +11,13 @@ import signal
 import socket
 import sys
 import textwrap
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from importlib import resources
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 if TYPE_CHECKING:
     import grpc
+    from google.protobuf.message import Message
 
     from imesh.errors import MeshError
     from imesh.v1 import chat_service_pb2
@@ -30,15 +31,30 @@ def default_router() -> str:
     return os.environ.get("IMESH_ROUTER") or DEFAULT_ROUTER
 
 
-def add_router_arguments(parser: argparse.ArgumentParser, *, api_key: bool = True) -> None:
-    """--router, the TLS files to reach it with (`router_credentials` reads them) and, unless
-    the command sends another key, --api-key: for the commands that call a running router."""
+def print_message(message: Message, *, as_json: bool, render: Callable[[Any], str]) -> None:
+    """A response as protobuf JSON (--json) or as the command's own table."""
+    if as_json:
+        from google.protobuf import json_format
+
+        print(json_format.MessageToJson(message, preserving_proto_field_name=True))
+    else:
+        print(render(message))
+
+
+def add_router_address(parser: argparse.ArgumentParser) -> None:
+    """--router: where a running router's gRPC API is."""
     parser.add_argument(
         "--router",
         metavar="ADDR",
         default=default_router(),
         help="router gRPC address (default: $IMESH_ROUTER or 127.0.0.1:50051)",
     )
+
+
+def add_router_arguments(parser: argparse.ArgumentParser, *, api_key: bool = True) -> None:
+    """--router, the TLS files to reach it with (`router_credentials` reads them) and, unless
+    the command sends another key, --api-key: for the commands that call a running router."""
+    add_router_address(parser)
     parser.add_argument(
         "--tls-ca",
         metavar="PEM",

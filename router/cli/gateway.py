@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from router.cli._common import default_router, describe, fail, load_config_or_exit
+from router.cli._common import add_router_address, describe, fail, load_config_or_exit
 
 EPILOG = """\
 examples:
@@ -25,12 +25,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--router",
-        metavar="ADDR",
-        default=default_router(),
-        help="router gRPC address (default: $IMESH_ROUTER or 127.0.0.1:50051)",
-    )
+    add_router_address(parser)
     parser.add_argument(
         "--listen", metavar="ADDR", help="HTTP address (default: gateway.listen, 127.0.0.1:8080)"
     )

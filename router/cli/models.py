@@ -11,6 +11,7 @@ from router.cli._common import (
     describe,
     error_line,
     fail,
+    print_message,
     router_credentials,
     run,
 )
@@ -46,12 +47,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def run_models(args: argparse.Namespace) -> int:
     response = run(_fetch(args.router, router_credentials(args), args.api_key))
-    if args.json:
-        from google.protobuf import json_format
-
-        print(json_format.MessageToJson(response, preserving_proto_field_name=True))
-    else:
-        print(render(response))
+    print_message(response, as_json=args.json, render=render)
     return 0
 
 

@@ -6,7 +6,14 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from router.cli._common import add_router_arguments, describe, fail, router_credentials, run
+from router.cli._common import (
+    add_router_arguments,
+    describe,
+    fail,
+    print_message,
+    router_credentials,
+    run,
+)
 
 if TYPE_CHECKING:
     import grpc
@@ -54,12 +61,7 @@ def run_usage(args: argparse.Namespace) -> int:
         fail("error: an API key (--api-key) or, with --tenant, the admin key is required", 2)
     credentials = router_credentials(args)
     response = run(_fetch(args.router, credentials, key, args.tenant, args.start, args.end))
-    if args.json:
-        from google.protobuf import json_format
-
-        print(json_format.MessageToJson(response, preserving_proto_field_name=True))
-    else:
-        print(render(response))
+    print_message(response, as_json=args.json, render=render)
     return 0
 
 
