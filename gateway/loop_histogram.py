@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 
+from prometheus_client.core import HistogramMetricFamily
+
 
 class LoopHistogram:
     """Bucket counts and a sum. `observe` is one bisect and two additions; only the event
@@ -30,3 +32,25 @@ class LoopHistogram:
             running += count
             out.append(("+Inf" if math.isinf(bound) else str(float(bound)), running))
         return out
+
+
+class LoopHistograms:
+    """One LoopHistogram per label value, made on first use; rendered as one family."""
+
+    __slots__ = ("_bounds", "_by_label")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self._by_label: dict[str, LoopHistogram] = {}
+
+    def observe(self, label: str, value: float) -> None:
+        histogram = self._by_label.get(label)
+        if histogram is None:
+            histogram = self._by_label[label] = LoopHistogram(self._bounds)
+        histogram.observe(value)
+
+    def family(self, name: str, documentation: str, label: str) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(name, documentation, labels=(label,))
+        for value, histogram in self._by_label.items():
+            family.add_metric((value,), histogram.cumulative(), histogram.total)
+        return family

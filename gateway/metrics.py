@@ -27,7 +27,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.loop_histogram import LoopHistogram
+from gateway.loop_histogram import LoopHistograms
 
 # Route labels: the edge's fixed paths; anything else is "other" (never the raw path).
 _ROUTES: dict[str, str] = {
@@ -59,7 +59,7 @@ class EdgeMetrics(Collector):
     def __init__(self, registry: CollectorRegistry) -> None:
         self.in_flight = 0
         self._answered: dict[tuple[str, str], int] = {}
-        self._durations: dict[str, LoopHistogram] = {}
+        self._durations = LoopHistograms(DURATION_BUCKETS)
         registry.register(self)
         self.public = CollectorRegistry()
         self.public.register(self)
@@ -67,10 +67,7 @@ class EdgeMetrics(Collector):
     def observe(self, route: str, code: int, seconds: float) -> None:
         key = (route, str(code))
         self._answered[key] = self._answered.get(key, 0) + 1
-        histogram = self._durations.get(route)
-        if histogram is None:
-            histogram = self._durations[route] = LoopHistogram(DURATION_BUCKETS)
-        histogram.observe(seconds)
+        self._durations.observe(route, seconds)
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily | GaugeMetricFamily]:
         answered = CounterMetricFamily(
@@ -81,14 +78,11 @@ class EdgeMetrics(Collector):
         for key, count in self._answered.items():
             answered.add_metric(key, count)
         yield answered
-        durations = HistogramMetricFamily(
+        yield self._durations.family(
             "imesh_edge_request_duration_seconds",
             "Time from a request's arrival to its response's last byte (a stream's end).",
-            labels=("route",),
+            "route",
         )
-        for route, histogram in self._durations.items():
-            durations.add_metric((route,), histogram.cumulative(), histogram.total)
-        yield durations
         yield GaugeMetricFamily(
             "imesh_edge_in_flight_requests",
             "HTTP requests the edge is answering now (open streams included).",
