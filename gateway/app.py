@@ -1,8 +1,9 @@
-"""The edge's Starlette app: thin raw-ASGI handlers over a ChatAPI (in-process or gRPC).
+"""The edge's handlers: thin raw-ASGI handlers over a ChatAPI (in-process or gRPC).
 
 Handlers parse, validate, call the router through ChatAPI and map failures through
 gateway.errors; no routing logic lives here. They are raw ASGI callables (no Request /
-Response objects per call) because this is the hot path of every external request.
+Response objects per call), served by gateway.dispatch's route table with no middleware
+stack, because this is the hot path of every external request.
 """
 
 from __future__ import annotations
@@ -10,19 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 
-from starlette.applications import Starlette
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from gateway.disconnect import watch_caller
+from gateway.dispatch import EdgeApp, EdgeRoute
 from gateway.errors import log_unexpected
 from gateway.metrics import NO_OBSERVABILITY, EdgeObservability
 from gateway.rate_limit import rate_limit_headers
-from gateway.responses import Exchange, malformed_key, send_error, send_json
+from gateway.responses import Exchange, send_error, send_json
 from gateway.settings import GatewaySettings
-from gateway.sse import DisconnectWatch, relay_stream
+from gateway.sse import relay_stream
 from gateway.translate_request import ChatCall, RequestLimits, parse_chat_body
 from gateway.translate_response import completion_body, model_body, model_objects, models_body
 from gateway.usage import USAGE_PATH, no_tenancy, usage_body, usage_request
@@ -30,9 +29,8 @@ from imesh.api import CallContext, ChatAPI, UsageAPI
 from imesh.errors import MeshError, Reason
 from imesh.v1 import chat_service_pb2
 
-Handler = Callable[[Exchange, Scope, Receive, Send], Awaitable[None]]
-
 CHAT_PATH = "/v1/chat/completions"
+MODEL_PREFIX = "/v1/models/"
 _KNOWN_PATHS = frozenset({CHAT_PATH, "/v1/models", "/healthz", "/readyz", USAGE_PATH})
 _OK_BODY = b'{"status":"ok"}'
 # Bounds a readiness probe's wait on the router; probes must answer fast either way.
@@ -53,53 +51,30 @@ def create_app(
     owns_api: bool = False,
     observability: EdgeObservability = NO_OBSERVABILITY,
     usage: UsageAPI | None = None,
-) -> Starlette:
+) -> EdgeApp:
     """The edge as an ASGI app. With `owns_api`, the app's shutdown closes `api`.
     `observability` adds metrics (and `GET /metrics`) and spans; off by default."""
     edge = _Edge(api, settings, usage)
-    routes = [
-        Route(CHAT_PATH, _Endpoint(edge.chat_completions), methods=["POST"]),
-        Route("/v1/models", _Endpoint(edge.list_models), methods=["GET"]),
-        Route("/v1/models/{model_id:path}", _Endpoint(edge.retrieve_model), methods=["GET"]),
-        Route("/healthz", _Endpoint(edge.healthz), methods=["GET"]),
-        Route("/readyz", _Endpoint(edge.readyz), methods=["GET"]),
-        Route(USAGE_PATH, _Endpoint(edge.usage), methods=["GET"]),
-        *observability.routes(),
-        # Last: anything else gets an OpenAI-style 404/405 instead of Starlette's plain text.
-        Route("/{path:path}", _Endpoint(edge.unknown_route)),
-    ]
-
-    @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            if owns_api:
-                await api.aclose()
-
-    return Starlette(routes=routes, lifespan=lifespan, middleware=observability.middleware())
-
-
-class _Endpoint:
-    """Wraps a handler as a raw ASGI app (Starlette passes non-function endpoints through),
-    opening the Exchange and turning an unexpected failure into an opaque 500."""
-
-    __slots__ = ("_handler",)
-
-    def __init__(self, handler: Handler) -> None:
-        self._handler = handler
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ex = Exchange.begin(scope)
-        try:
-            if ex.bad_key:
-                await send_error(send, ex, malformed_key())
-                return
-            await self._handler(ex, scope, receive, send)
-        except Exception as exc:
-            log_unexpected(exc)
-            if not ex.started:
-                await send_error(send, ex, exc)
+    routes = {
+        CHAT_PATH: EdgeRoute.post(edge.chat_completions),
+        "/v1/models": EdgeRoute.get(edge.list_models),
+        "/healthz": EdgeRoute.get(edge.healthz),
+        "/readyz": EdgeRoute.get(edge.readyz),
+        USAGE_PATH: EdgeRoute.get(edge.usage),
+    }
+    metrics_endpoint = observability.metrics_endpoint()
+    if metrics_endpoint is not None:
+        # Served whatever the caller's key looks like (scrapers send none).
+        routes["/metrics"] = EdgeRoute.get(metrics_endpoint, checks_key=False)
+    return EdgeApp(
+        routes,
+        {MODEL_PREFIX: EdgeRoute.get(edge.retrieve_model)},
+        # Anything else gets an OpenAI-style 404/405 instead of a plain-text one.
+        edge.unknown_route,
+        metrics=observability.metrics,
+        tracer=observability.tracer(),
+        on_shutdown=api.aclose if owns_api else None,
+    )
 
 
 class _Edge:
@@ -134,10 +109,10 @@ class _Edge:
         if call.stream:
             batches = self._api.chat_batches(call.input, ctx)
             args = (completion_id, model, created, call.include_usage)
-            await relay_stream(batches, args, ex, receive, send)
+            await relay_stream(batches, args, ex, scope, receive, send)
             return
 
-        watch = DisconnectWatch(receive)
+        watch = watch_caller(scope, receive)
         waited = time.perf_counter()
         try:
             response = await self._api.chat(call.input, ctx)
@@ -170,7 +145,7 @@ class _Edge:
     async def retrieve_model(
         self, ex: Exchange, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        wanted = scope["path_params"]["model_id"]
+        wanted = scope["path"][len(MODEL_PREFIX) :]
         models = await self._models(ex, send)
         if models is None:
             return
@@ -212,7 +187,7 @@ class _Edge:
 
     async def unknown_route(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
-        if path in _KNOWN_PATHS or path.startswith("/v1/models/"):
+        if path in _KNOWN_PATHS or path.startswith(MODEL_PREFIX):
             body = b'{"error":{"message":"method not allowed","type":"invalid_request_error",'
             body += b'"param":null,"code":"method_not_allowed"}}'
             await send_json(send, ex, 405, body)

@@ -7,6 +7,10 @@ before the head is ever handed to the app.
 
 It also sends a response's head with its first body write: uvicorn writes them
 separately, two TCP segments with TCP_NODELAY, so the caller wakes twice per answer.
+
+And it tells the app when the connection is lost, through the `ConnectionWatch` it puts in
+each request's scope (gateway.disconnect): the handler's task is cancelled from
+`connection_lost`, without a watcher task per request.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Any
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
+
+from gateway.disconnect import EXTENSION, ConnectionWatch
 
 
 class HeadTooLarge(Exception):
@@ -128,12 +134,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._open_head_bytes = 0  # bytes read while the head stayed incomplete
         self._header_count = 0
         self._refused: str | None = None
+        self._watch = ConnectionWatch()
+        # ASGI extensions are dicts: {"imesh.connection_watch": {"watch": ConnectionWatch}}.
+        self._extensions: dict[str, dict[object, object]] = {EXTENSION: {"watch": self._watch}}
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._watch.fire()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # One dict per connection: what it holds is the connection's.
+        self.scope["extensions"] = self._extensions
         self._in_head = True
         self._head_bytes = 0
         self._open_head_bytes = 0

@@ -44,10 +44,14 @@ class LoopHistograms:
         self._by_label: dict[str, LoopHistogram] = {}
 
     def observe(self, label: str, value: float) -> None:
+        self.histogram(label).observe(value)
+
+    def histogram(self, label: str) -> LoopHistogram:
+        """The label's histogram (made on first use), for callers that keep it at hand."""
         histogram = self._by_label.get(label)
         if histogram is None:
             histogram = self._by_label[label] = LoopHistogram(self._bounds)
-        histogram.observe(value)
+        return histogram
 
     def family(self, name: str, documentation: str, label: str) -> HistogramMetricFamily:
         family = HistogramMetricFamily(name, documentation, labels=(label,))

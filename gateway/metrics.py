@@ -1,5 +1,5 @@
-"""The edge's telemetry: request metrics and a SERVER span per HTTP request, as one raw ASGI
-middleware, and the `/metrics` endpoint that serves the edge's own figures.
+"""The edge's telemetry: request metrics and a SERVER span per HTTP request (taken by the
+edge's dispatcher, gateway.dispatch), and the `/metrics` endpoint serving the edge's figures.
 
 The edge's port is public: its `/metrics` never serves the process's registry, which in
 `imesh up` holds the router's per-tenant series (spend, tokens, limits left). Those are
@@ -8,13 +8,14 @@ served only on the internal metrics port (`--metrics`), beside the edge's figure
 The span continues the caller's W3C trace context (`traceparent` header) and is current
 while the handler runs, so the in-process router's spans (`imesh up`) and the gRPC client's
 `traceparent` metadata (`imesh gateway`) hang under it. Metrics are updated once per
-request, when its response has ended (a stream included), never per chunk.
+request, when its response has ended (a stream included), never per chunk: the route's
+figures are looked up once, when the app is built, not per request.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from opentelemetry import propagate, trace
@@ -23,11 +24,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
-from starlette.middleware import Middleware
-from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from gateway.loop_histogram import LoopHistograms
+from gateway.loop_histogram import LoopHistogram, LoopHistograms
+from gateway.responses import Exchange
 
 # Route labels: the edge's fixed paths; anything else is "other" (never the raw path).
 _ROUTES: dict[str, str] = {
@@ -50,6 +50,21 @@ def route_label(path: str) -> str:
     return "model" if path.startswith(_MODEL_PREFIX) else "other"
 
 
+class RouteFigures:
+    """One route label's answers by status code and its duration histogram."""
+
+    __slots__ = ("answered", "durations")
+
+    def __init__(self, durations: LoopHistogram) -> None:
+        self.answered: dict[int, int] = {}
+        self.durations = durations
+
+    def observe(self, code: int, seconds: float) -> None:
+        answered = self.answered
+        answered[code] = answered.get(code, 0) + 1
+        self.durations.observe(seconds)
+
+
 class EdgeMetrics(Collector):
     """The edge's figures, as plain numbers rendered when Prometheus scrapes. Registered on
     the process's registry (the internal metrics port) and on `public`, a registry of its
@@ -58,16 +73,21 @@ class EdgeMetrics(Collector):
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.in_flight = 0
-        self._answered: dict[tuple[str, str], int] = {}
+        self._routes: dict[str, RouteFigures] = {}
         self._durations = LoopHistograms(DURATION_BUCKETS)
         registry.register(self)
         self.public = CollectorRegistry()
         self.public.register(self)
 
+    def route(self, label: str) -> RouteFigures:
+        """The figures of one route label, to observe its requests with (made once)."""
+        figures = self._routes.get(label)
+        if figures is None:
+            figures = self._routes[label] = RouteFigures(self._durations.histogram(label))
+        return figures
+
     def observe(self, route: str, code: int, seconds: float) -> None:
-        key = (route, str(code))
-        self._answered[key] = self._answered.get(key, 0) + 1
-        self._durations.observe(route, seconds)
+        self.route(route).observe(code, seconds)
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily | GaugeMetricFamily]:
         answered = CounterMetricFamily(
@@ -75,8 +95,9 @@ class EdgeMetrics(Collector):
             "HTTP requests answered by the REST edge, by route and status code.",
             labels=("route", "code"),
         )
-        for key, count in self._answered.items():
-            answered.add_metric(key, count)
+        for route, figures in self._routes.items():
+            for code, count in figures.answered.items():
+                answered.add_metric((route, str(code)), count)
         yield answered
         yield self._durations.family(
             "imesh_edge_request_duration_seconds",
@@ -105,89 +126,46 @@ class _HeaderGetter(Getter[list[tuple[bytes, bytes]]]):
 _GETTER = _HeaderGetter()
 
 
-class EdgeTelemetry:
-    """Raw ASGI middleware around the edge app (Starlette's `middleware=`). Build it only
-    when metrics or tracing are on: with both off the app runs without it."""
+class EdgeTracer:
+    """SERVER spans for the edge's requests, continuing the caller's trace context."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        metrics: EdgeMetrics | None,
-        tracer_provider: trace.TracerProvider | None,
-    ) -> None:
-        self._app = app
-        self._metrics = metrics
-        self._tracer = (
-            None if tracer_provider is None else tracer_provider.get_tracer("imesh.gateway")
-        )
+    __slots__ = ("_tracer",)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self._app(scope, receive, send)
-            return
-        route = route_label(scope["path"])
-        status = 0
+    def __init__(self, provider: trace.TracerProvider) -> None:
+        self._tracer = provider.get_tracer("imesh.gateway")
 
-        async def observed_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        t0 = time.perf_counter()
-        metrics = self._metrics
-        if metrics is not None:
-            metrics.in_flight += 1
-        try:
-            if self._tracer is None:
-                await self._app(scope, receive, observed_send)
-            else:
-                await self._traced(scope, receive, observed_send, route, lambda: status)
-        finally:
-            if metrics is not None:
-                metrics.in_flight -= 1
-                # 499: the caller left before any response (nginx's convention).
-                metrics.observe(route, status or 499, time.perf_counter() - t0)
-
-    async def _traced(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        route: str,
-        status: Callable[[], int],
-    ) -> None:
-        assert self._tracer is not None
+    def span(self, scope: Scope, route: str) -> AbstractContextManager[trace.Span]:
+        """The request's span, current while it is entered."""
         method: str = scope["method"]
         parent = propagate.extract(scope["headers"], getter=_GETTER)
-        with self._tracer.start_as_current_span(
+        return self._tracer.start_as_current_span(
             f"{method} {route}",
             context=parent,
             kind=trace.SpanKind.SERVER,
             attributes={"http.request.method": method, "http.route": route},
-        ) as span:
-            try:
-                await self._app(scope, receive, send)
-            finally:
-                code = status()
-                span.set_attribute("http.response.status_code", code or 499)
-                if code >= 500:
-                    span.set_status(trace.StatusCode.ERROR)
+        )
+
+    @staticmethod
+    def end(span: trace.Span, status: int) -> None:
+        """Record the response's status (0: the caller left before any, 499) on `span`."""
+        span.set_attribute("http.response.status_code", status or 499)
+        if status >= 500:
+            span.set_status(trace.StatusCode.ERROR)
 
 
 class MetricsEndpoint:
-    """`GET /metrics`: a registry in the Prometheus text format."""
+    """`GET /metrics`: a registry in the Prometheus text format (an edge handler)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._registry = registry
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, ex: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         body = generate_latest(self._registry)
         headers = [
             (b"content-type", CONTENT_TYPE_LATEST.encode()),
             (b"content-length", str(len(body)).encode()),
         ]
+        ex.status = 200
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -197,7 +175,7 @@ class EdgeObservability:
     """What the edge exposes, given by the composition root: its metrics registered on
     `registry` (the process's, for the internal metrics port) and `GET /metrics` serving
     the edge's figures alone; spans from `tracer_provider`. The default is both off: the
-    app then runs without the middleware. One per app: building it registers the edge's
+    edge then takes no figures and opens no spans. One per app: building it registers the edge's
     metrics."""
 
     registry: CollectorRegistry | None = None
@@ -208,17 +186,12 @@ class EdgeObservability:
         if self.registry is not None:
             object.__setattr__(self, "metrics", EdgeMetrics(self.registry))
 
-    def routes(self) -> list[Route]:
-        if self.metrics is None:
-            return []
-        return [Route("/metrics", MetricsEndpoint(self.metrics.public), methods=["GET"])]
+    def metrics_endpoint(self) -> MetricsEndpoint | None:
+        """`GET /metrics` over the edge's own figures; None when metrics are off."""
+        return None if self.metrics is None else MetricsEndpoint(self.metrics.public)
 
-    def middleware(self) -> list[Middleware]:
-        if self.metrics is None and self.tracer_provider is None:
-            return []
-        return [
-            Middleware(EdgeTelemetry, metrics=self.metrics, tracer_provider=self.tracer_provider)
-        ]
+    def tracer(self) -> EdgeTracer | None:
+        return None if self.tracer_provider is None else EdgeTracer(self.tracer_provider)
 
 
 NO_OBSERVABILITY = EdgeObservability()

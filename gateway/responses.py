@@ -41,7 +41,8 @@ class Exchange:
     content_length: bytes | None
     # Seconds spent awaiting the router or the caller's request body; not edge overhead.
     waited_s: float = 0.0
-    started: bool = False
+    # The response's status once its start went out; 0 before (what telemetry reports).
+    status: int = 0
     # An Authorization header that cannot be a key (not printable ASCII).
     bad_key: bool = False
 
@@ -77,6 +78,11 @@ class Exchange:
                 bad_key = bool(raw)
         return cls(t0, rid.decode("ascii"), rid, key, length, bad_key=bad_key)
 
+    @property
+    def started(self) -> bool:
+        """True once the response's start went out (a failure can no longer change it)."""
+        return self.status != 0
+
     def overhead_ms(self) -> float:
         return (time.perf_counter() - self.t0 - self.waited_s) * 1000.0
 
@@ -99,8 +105,8 @@ async def send_json(
     extra: Iterable[tuple[bytes, bytes]] = (),
 ) -> None:
     headers = ex.headers(JSON_HEADERS, extra)
-    headers.append((b"content-length", str(len(body)).encode()))
-    ex.started = True
+    headers.append((b"content-length", b"%d" % len(body)))
+    ex.status = status
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Generator
 
 import uvicorn
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from gateway.app import create_app
 from gateway.http_limits import bounded_protocol
@@ -24,6 +24,11 @@ from imesh.api import ChatAPI, UsageAPI
 
 # Seconds shutdown waits for in-flight responses (streams) before cancelling them.
 GRACEFUL_S = 10
+# uvicorn's proxy-headers middleware (on by default) rewrites each request's client address
+# and scheme from X-Forwarded-For/-Proto. The edge reads neither (keys authenticate callers,
+# not addresses; no URL is built from the scheme), so it stays off: one ASGI layer and a
+# header scan less per request. Turn it on only if something starts reading scope["client"].
+PROXY_HEADERS = False
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -47,7 +52,7 @@ class GatewayServer:
 
     def __init__(
         self,
-        app: Starlette,
+        app: ASGIApp,
         listen: str,
         settings: GatewaySettings | None = None,
         graceful_s: int = GRACEFUL_S,
@@ -62,6 +67,7 @@ class GatewayServer:
             http=bounded_protocol(settings.max_header_bytes, settings.max_headers),
             ws="none",
             lifespan="on",
+            proxy_headers=PROXY_HEADERS,
             log_config=None,  # embedded: leave the process's logging alone
             access_log=False,  # no per-request logging on the hot path
             timeout_graceful_shutdown=graceful_s,

@@ -4,8 +4,8 @@ Each batch (the events one upstream read delivered) is written the moment it arr
 one ASGI send of its frames; nothing is held back except usage, which OpenAI puts last.
 Response headers wait for the first batch, so a failure before it still gets its real HTTP
 status, and the overhead header can be measured to the first chunk. When the caller goes
-away the request task is cancelled, which closes the batch iterator and with it the call to
-the upstream.
+away the request task is cancelled (gateway.disconnect), which closes the batch iterator
+and with it the call to the upstream.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from starlette.types import Receive, Send
+from starlette.types import Receive, Scope, Send
 
+from gateway.disconnect import CallerWatch, watch_caller
 from gateway.errors import as_mesh_error, log_unexpected
 from gateway.rate_limit import start_headers
 from gateway.responses import Exchange, send_error
@@ -30,51 +31,16 @@ SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 )
 
 
-class DisconnectWatch:
-    """Cancels the current task when the ASGI server reports `http.disconnect`.
-
-    Start it after the request body has been read; `stop()` it before the final send
-    (the server also reports `http.disconnect` once the response is complete). `gone` tells
-    a CancelledError caused by the caller leaving from one caused by server shutdown.
-    """
-
-    __slots__ = ("_task", "_watcher", "gone")
-
-    def __init__(self, receive: Receive) -> None:
-        task = asyncio.current_task()
-        assert task is not None, "DisconnectWatch needs a running task"
-        self._task = task
-        self.gone = False
-        self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
-
-    async def _watch(self, receive: Receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self.gone = True
-                self._task.cancel()
-                return
-
-    def stop(self) -> None:
-        self._watcher.cancel()
-
-    def absorb_cancel(self) -> bool:
-        """After a CancelledError: True (and the cancel undone) when the caller left."""
-        if not self.gone:
-            return False
-        self._task.uncancel()
-        return True
-
-
 async def relay_stream(
     batches: AsyncIterator[Sequence[events_pb2.ChatEvent]],
     encoder_args: tuple[str, str, int, bool],
     ex: Exchange,
+    scope: Scope,
     receive: Receive,
     send: Send,
 ) -> None:
     """Send `events` as an SSE response; any failure ends it the way the SDK expects."""
-    watch = DisconnectWatch(receive)
+    watch = watch_caller(scope, receive)
     try:
         await _relay(batches, ChunkEncoder(*encoder_args), ex, watch, send)
     except asyncio.CancelledError:
@@ -92,7 +58,7 @@ async def _relay(
     batches: AsyncIterator[Sequence[events_pb2.ChatEvent]],
     encoder: ChunkEncoder,
     ex: Exchange,
-    watch: DisconnectWatch,
+    watch: CallerWatch,
     send: Send,
 ) -> None:
     waited = time.perf_counter()
@@ -108,7 +74,7 @@ async def _relay(
         return
     ex.waited_s += time.perf_counter() - waited
 
-    ex.started = True
+    ex.status = 200
     headers = ex.headers(SSE_HEADERS, start_headers(first))  # x-ratelimit-* (tenancy)
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     # The batch that completes the stream is held only until the iterator ends (at once),

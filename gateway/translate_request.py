@@ -84,6 +84,9 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
 def parse_chat_body(body: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> ChatCall:
     """Parse and validate a request body; raises MeshError(INVALID_ARGUMENT) naming the field."""
     values = body.count(b",") + body.count(b"[") + body.count(b"{")
@@ -93,7 +96,8 @@ def parse_chat_body(body: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> Chat
             " (gateway.max_json_values)"
         )
     try:
-        data = json.loads(body, parse_constant=_reject_constant)
+        # What json.loads(body) does, with a decoder built once instead of per call.
+        data = _decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except (ValueError, RecursionError) as exc:
         raise _invalid_json(exc) from None
     if not isinstance(data, dict):

@@ -10,6 +10,8 @@ import json
 from collections.abc import Sequence
 from json.encoder import encode_basestring_ascii as _quote
 
+import orjson
+
 from gateway.errors import error_object
 from gateway.openai_usage import usage_object
 from imesh.errors import MeshError
@@ -74,7 +76,8 @@ def completion_body(
         ],
         "usage": usage_object(resp.usage),
     }
-    return _dumps(body).encode()
+    # orjson: compact like _dumps, several times faster; text stays UTF-8 (not \u-escaped).
+    return orjson.dumps(body)
 
 
 def error_frame(err: MeshError) -> bytes:

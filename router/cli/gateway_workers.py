@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 
 import uvicorn
-from starlette.applications import Starlette
 
 from gateway.app import create_app
+from gateway.dispatch import EdgeApp
 from gateway.http_limits import bounded_protocol
 from gateway.metrics import EdgeObservability
-from gateway.server import GRACEFUL_S
+from gateway.server import GRACEFUL_S, PROXY_HEADERS
 from gateway.settings import GatewaySettings, parse_listen
 
 # How the parent hands its config to worker processes (which import the app factory).
@@ -38,13 +38,14 @@ def run_standalone(router_addr: str, listen: str, workers: int, settings: Gatewa
         http=bounded_protocol(settings.max_header_bytes, settings.max_headers),
         ws="none",
         lifespan="on",
+        proxy_headers=PROXY_HEADERS,
         log_level="info",
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_S,
     )
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> EdgeApp:
     """App factory run in each worker: one imesh.Client, closed at shutdown."""
     from opentelemetry import trace
 
