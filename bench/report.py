@@ -71,8 +71,12 @@ class Measurement:
     # Seconds each server process waited on its core's run queue over the run: time it was
     # ready while something else ran there (other work on a shared machine).
     wait_s: dict[str, float]
-    # Share of the wall time the load generator spent on CPU: near 1, it set the pace.
+    # Share of the wall time the load generator's process spent on CPU.
     client_busy: float
+    # Busy share of the pinned cores over the run, whatever ran there (/proc/stat):
+    # "client" is the load generator's core (shared with the upstream), "server" the
+    # subject's. The load generator's core near 1: it set the pace, not the subject.
+    core_busy: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -82,6 +86,7 @@ class Measurement:
         stream: bool,
         cpu_s: Mapping[str, float],
         wait_s: Mapping[str, float] | None = None,
+        core_busy: Mapping[str, float] | None = None,
     ) -> Measurement:
         samples = run.samples
         overheads = [s.edge_overhead_ms / 1000.0 for s in samples if s.edge_overhead_ms is not None]
@@ -105,7 +110,19 @@ class Measurement:
             cpu_s={"client": run.client_cpu_s, **cpu_s},
             wait_s=dict(wait_s or {}),
             client_busy=run.client_cpu_s / run.wall_s if run.wall_s > 0 else 0.0,
+            core_busy=dict(core_busy or {}),
         )
+
+    @property
+    def load_generator_busy(self) -> float:
+        """How busy the load generator's core was: the whole core's share when it was
+        pinned (the upstream and other work included), else its own process's share."""
+        return self.core_busy.get("client", self.client_busy)
+
+    @property
+    def load_generator_bound(self) -> bool:
+        """The load generator's core was (near) saturated: the RPS is the harness's."""
+        return self.load_generator_busy >= CLIENT_BOUND
 
     def cpu_ms_per_request(self, process: str) -> float | None:
         spent = self.cpu_s.get(process)
@@ -146,9 +163,17 @@ class Figures:
     edge_own_p50: float | None = None
     # What the server waited for its core per request at concurrency 1 (mean).
     wait_ms_per_request: float | None = None
+    # Busy share (0..1) of the load generator's core and of the server's at concurrency N.
+    load_generator_busy: float | None = None
+    server_core_busy: float | None = None
     rss_idle: list[int | None] = field(default_factory=list)
     rss_peak: list[int | None] = field(default_factory=list)
     rss_after: list[int | None] = field(default_factory=list)
+
+    @property
+    def load_generator_bound(self) -> bool:
+        """The RPS at concurrency N is the harness's: its core was (near) saturated."""
+        return self.load_generator_busy is not None and self.load_generator_busy >= CLIENT_BOUND
 
 
 def round_figures(r: Round, server: str) -> Figures:
@@ -167,6 +192,8 @@ def round_figures(r: Round, server: str) -> Figures:
         cpu_us_per_token=tok.cpu_us_per_token(server) if tok else None,
         edge_own_p50=_p50(m["latency"].edge_overhead_ms) if "latency" in m else None,
         wait_ms_per_request=m["latency"].wait_ms_per_request(server) if "latency" in m else None,
+        load_generator_busy=thr.load_generator_busy if thr else None,
+        server_core_busy=thr.core_busy.get("server") if thr else None,
         rss_idle=[r.rss_idle],
         rss_peak=[r.rss_peak],
         rss_after=[r.rss_after],
@@ -209,6 +236,8 @@ class SubjectReport:
             cpu_us_per_token=med(lambda f: f.cpu_us_per_token),
             edge_own_p50=med(lambda f: f.edge_own_p50),
             wait_ms_per_request=med(lambda f: f.wait_ms_per_request),
+            load_generator_busy=med(lambda f: f.load_generator_busy),
+            server_core_busy=med(lambda f: f.server_core_busy),
             rss_idle=[r.rss_idle for r in self.rounds],
             rss_peak=[r.rss_peak for r in self.rounds],
             rss_after=[r.rss_after for r in self.rounds],
