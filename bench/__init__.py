@@ -7,7 +7,9 @@ encoded once, one future per request), not httpx: httpx cost about 1 ms of clien
 request here, so at concurrency 32 the load generator's core, shared with the upstream,
 saturated before the servers did and the RPS figures were the harness's (upstream direct 688
 RPS, the minimal relay 539, while the relay needs about 0.42 ms of CPU per request). Each
-measurement records how busy the load generator's core and the server's core were
-(/proc/stat); an RPS measured with the load generator's core at 90% or more is starred in
-LATEST.md and named in the RPS target: it is a floor for the subject's own throughput.
+measurement records what share of the run the load generator and the server process were
+busy, on a CPU or ready to run (CPU plus run-queue wait, schedstat): the one near 100% set
+the pace, whatever else runs on the machine. An RPS measured with the load generator 90% busy
+or more is starred in LATEST.md, noted per scenario and named in the RPS target: it is a
+floor for the subject's own throughput.
 """

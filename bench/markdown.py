@@ -10,10 +10,11 @@ from bench.targets import DIRECT, TargetResult
 
 HARNESS_MARK = " *"
 HARNESS_NOTE = (
-    f"RPS{HARNESS_MARK}: the load generator's core was at least {CLIENT_BOUND:.0%} busy at "
-    "concurrency N (the load generator, the upstream beside it and other work on that core), "
-    "so it set the pace: that RPS is the harness's, a floor for the subject's. Cores busy: "
-    "that core's busy share / the server's core's (/proc/stat, everything that ran there)."
+    "Busy @c: the share of the run at concurrency N that the load generator / the server "
+    "process was on a CPU or ready to run on one (its CPU plus its run-queue wait, from "
+    "schedstat), not idle waiting for the other: the one near 100% set the pace. "
+    f"RPS{HARNESS_MARK}: the load generator was at least {CLIENT_BOUND:.0%} busy, so that "
+    "RPS is (at least partly) the harness's, a floor for the subject's own."
 )
 NOISE = (
     "Figures are from a shared 2-core machine while other work ran on it; absolute numbers "
@@ -49,15 +50,15 @@ def _rps(f: Figures) -> str:
     return _f(f.rps, 0) + (HARNESS_MARK if f.rps is not None and f.load_generator_bound else "")
 
 
-def _cores(f: Figures) -> str:
-    """Busy share of the load generator's core / the server's, at concurrency N."""
+def _busy(f: Figures) -> str:
+    """How busy the load generator and the server kept themselves at concurrency N."""
 
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{value:.0%}"
 
-    if f.load_generator_busy is None and f.server_core_busy is None:
+    if f.load_generator_busy is None and f.server_busy is None:
         return "-"
-    return f"{pct(f.load_generator_busy)} / {pct(f.server_core_busy)}"
+    return f"{pct(f.load_generator_busy)} / {pct(f.server_busy)}"
 
 
 def to_markdown(report: BenchReport, results: Sequence[TargetResult]) -> str:
@@ -102,7 +103,7 @@ def to_markdown(report: BenchReport, results: Sequence[TargetResult]) -> str:
         f"{HARNESS_NOTE}",
         "",
         "| subject | p50 ms | added p50 | added p99 | core wait ms/req @1 | RPS @c "
-        "| cores busy @c load gen / server | CPU ms/req @c | TTFT p50 ms | added TTFT "
+        "| busy @c load gen / server | CPU ms/req @c | TTFT p50 ms | added TTFT "
         "| CPU µs/token | RSS idle MiB "
         "| RSS under load | RSS after |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
@@ -113,7 +114,7 @@ def to_markdown(report: BenchReport, results: Sequence[TargetResult]) -> str:
         lines.append(
             f"| {subject.name} | {_f(f.latency_p50)} | {_added(f.latency_p50, base.latency_p50)} "
             f"| {_added(f.latency_p99, base.latency_p99)} | {_f(f.wait_ms_per_request)} "
-            f"| {_rps(f)} | {_cores(f)} | {_f(f.cpu_ms_per_request)} | {_f(f.ttft_p50)} "
+            f"| {_rps(f)} | {_busy(f)} | {_f(f.cpu_ms_per_request)} | {_f(f.ttft_p50)} "
             f"| {_added(f.ttft_p50, base.ttft_p50)} | {_f(f.cpu_us_per_token, 1)} "
             f"| {_rss(f.rss_idle)} | {_rss(f.rss_peak)} | {_rss(f.rss_after)} |"
         )
@@ -122,7 +123,7 @@ def to_markdown(report: BenchReport, results: Sequence[TargetResult]) -> str:
         "## Per round",
         "",
         "| subject | round | p50 ms | p99 ms | core wait ms/req @1 | RPS @c "
-        "| cores busy @c load gen / server | CPU ms/req @c "
+        "| busy @c load gen / server | CPU ms/req @c "
         "| TTFT p50 ms | CPU µs/token | RSS idle / load / after MiB | errors |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
@@ -132,7 +133,7 @@ def to_markdown(report: BenchReport, results: Sequence[TargetResult]) -> str:
             errors = sum(m.errors for m in r.measurements.values())
             lines.append(
                 f"| {subject.name} | {r.index + 1} | {_f(f.latency_p50)} | {_f(f.latency_p99)} "
-                f"| {_f(f.wait_ms_per_request)} | {_rps(f)} | {_cores(f)} "
+                f"| {_f(f.wait_ms_per_request)} | {_rps(f)} | {_busy(f)} "
                 f"| {_f(f.cpu_ms_per_request)} "
                 f"| {_f(f.ttft_p50)} "
                 f"| {_f(f.cpu_us_per_token, 1)} "
@@ -154,7 +155,7 @@ def to_markdown(report: BenchReport, results: Sequence[TargetResult]) -> str:
                 if m.load_generator_bound:
                     notes.append(
                         f"{subject.name}, round {r.index + 1}, {m.scenario} (concurrency "
-                        f"{m.concurrency}): the load generator's core was "
+                        f"{m.concurrency}): the load generator was "
                         f"{m.load_generator_busy:.0%} busy (it set the pace)"
                     )
                 if m.errors:

@@ -135,7 +135,6 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
-        self.cpu = cpu
         # Lives as long as the child (closed in stop()), so no `with` block fits it.
         self._stderr = tempfile.TemporaryFile(  # noqa: SIM115
             mode="w+", encoding="utf-8", errors="replace"

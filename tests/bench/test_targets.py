@@ -127,26 +127,26 @@ def test_a_relay_that_added_nothing_gives_no_ratio_and_says_why() -> None:
 
 
 def test_a_harness_bound_rps_is_starred_and_named_in_the_rps_target() -> None:
-    figures = _figures(load_generator_busy=0.95, server_core_busy=0.6)
+    figures = _figures(load_generator_busy=0.95, server_busy=0.6)
     assert evaluate(figures)[3].value_text == (
         "20.0x (1000 vs 50 RPS); the load generator set the pace of mesh"
     )
     assert evaluate(_figures(load_generator_busy=0.5))[3].value_text == "20.0x (1000 vs 50 RPS)"
 
-    run = LoadResult(10, 32, 1.0, 0.9, [Sample(0.001, None, 5, 16, 48)] * 10)
-    paced = Measurement.of("throughput", run, False, {}, None, {"client": 0.95, "server": 0.6})
-    free = Measurement.of("throughput", run, False, {}, None, {"client": 0.5, "server": 0.99})
+    run = LoadResult(10, 32, 1.0, 0.5, [Sample(0.001, None, 5, 16, 48)] * 10)
+    paced = Measurement.of("throughput", run, False, {"s": 0.5}, {"client": 0.45, "s": 0.1})
+    free = Measurement.of("throughput", run, False, {"s": 0.9}, {"client": 0.0, "s": 0.09})
     report = BenchReport(settings=SETTINGS, environment={})
     report.subjects = [
-        SubjectReport(key, name, "d", key, [Round(0, {"throughput": m}, 1, 1, 1)])
+        SubjectReport(key, name, "d", "s", [Round(0, {"throughput": m}, 1, 1, 1)])
         for key, name, m in ((MESH, "mesh REST edge", paced), (RELAY, "relay", free))
     ]
     text = to_markdown(report, evaluate(report.figures()))
-    assert "RPS *: the load generator's core was at least 90% busy" in text
+    assert "RPS *: the load generator was at least 90% busy" in text
     rows = [line for line in text.splitlines() if line.startswith(("| mesh REST", "| relay"))]
     assert ["| 10 * | 95% / 60% |" in row for row in rows] == [True, False, True, False]
     assert ["| 10 | 50% / 99% |" in row for row in rows] == [False, True, False, True]
     assert (
-        "mesh REST edge, round 1, throughput (concurrency 32): the load generator's core was "
-        "95% busy (it set the pace)"
+        "mesh REST edge, round 1, throughput (concurrency 32): the load generator was 95% busy "
+        "(it set the pace)"
     ) in text
