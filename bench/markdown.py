@@ -12,7 +12,8 @@ HARNESS_MARK = " *"
 HARNESS_NOTE = (
     "Busy @c: the share of the run at concurrency N that the load generator / the server "
     "process was on a CPU or ready to run on one (its CPU plus its run-queue wait, from "
-    "schedstat), not idle waiting for the other: the one near 100% set the pace. "
+    "schedstat; summed over threads, so several can take it past 100%), not idle waiting "
+    "for the other: the one near 100% set the pace. "
     f"RPS{HARNESS_MARK}: the load generator was at least {CLIENT_BOUND:.0%} busy, so that "
     "RPS is (at least partly) the harness's, a floor for the subject's own."
 )
