@@ -3,7 +3,8 @@
 A Target makes one call (streaming or not, with an optional max_tokens) and returns a Sample:
 latency, time to first token, the tokens the answer reports, how much text it carried and,
 from the mesh's REST edge, its overhead header. Targets: `HttpTarget` (any OpenAI-compatible
-URL, over httpx) and `GrpcTarget` (an `imesh.v1.ChatService`, over imesh.Client).
+URL, over bench/http1.py's minimal keep-alive client) and `GrpcTarget` (an
+`imesh.v1.ChatService`, over imesh.Client).
 """
 
 from __future__ import annotations
@@ -14,15 +15,22 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import urlsplit
 
-import httpx
 import orjson
 
+from bench.http1 import Http1Client, request_bytes
 from imesh.client import Client, user
 from imesh.v1 import chat_pb2
 
 PROMPT = "Say hello to the benchmark."
-EDGE_OVERHEAD_HEADER = "x-imesh-edge-overhead-ms"
+EDGE_OVERHEAD_HEADER = b"x-imesh-edge-overhead-ms"
+REQUEST_HEADERS = {
+    "authorization": "Bearer bench",
+    "content-type": "application/json",
+    "user-agent": "imesh-bench",
+}
+TIMEOUT_S = 60.0
 # Errors kept per run, for the report; the rest are only counted.
 KEPT_ERRORS = 3
 
@@ -95,54 +103,60 @@ async def run_load(
 
 
 class HttpTarget:
-    """POST {base_url}/chat/completions over HTTP/1.1 keep-alive, one httpx client of one
-    connection per concurrent call: httpx's shared pool costs the load generator about twice
-    the CPU per request at concurrency 32, which would cap the baseline's throughput."""
+    """POST {base_url}/chat/completions over HTTP/1.1 keep-alive, one connection per
+    concurrent call, on bench/http1.py's client: each call shape's request is encoded once,
+    and a stream's events are read as each socket read delivers them. httpx cost the load
+    generator about 1 ms of CPU per request here, enough for its core, not the server
+    measured, to set the pace at concurrency 32."""
 
     def __init__(self, base_url: str, model: str, *, connections: int) -> None:
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        url = urlsplit(base_url.rstrip("/"))
+        if url.scheme != "http" or url.hostname is None:
+            raise ValueError(f"HttpTarget speaks plain http://HOST[:PORT]/PATH, got {base_url!r}")
+        self._host, self._port = url.hostname, url.port or 80
+        self._path = url.path + "/chat/completions"
         self._idle = collections.deque(
-            httpx.AsyncClient(
-                base_url=base_url.rstrip("/"),
-                headers={"authorization": "Bearer bench", "content-type": "application/json"},
-                limits=limits,
-                timeout=httpx.Timeout(60.0),
-            )
-            for _ in range(connections)
+            Http1Client(self._host, self._port, timeout_s=TIMEOUT_S) for _ in range(connections)
         )
         self._model = model
-        self._bodies: dict[Call, bytes] = {}
+        self._requests: dict[Call, bytes] = {}
 
     def body(self, call: Call) -> bytes:
-        """The request body for `call`, encoded once."""
-        body = self._bodies.get(call)
-        if body is None:
-            request: dict[str, object] = {
-                "model": self._model,
-                "messages": [{"role": "user", "content": PROMPT}],
-            }
-            if call.max_tokens is not None:
-                request["max_tokens"] = call.max_tokens
-            if call.stream:
-                request["stream"] = True
-                request["stream_options"] = {"include_usage": True}
-            body = self._bodies[call] = orjson.dumps(request)
-        return body
+        """The JSON request body for `call`."""
+        request: dict[str, object] = {
+            "model": self._model,
+            "messages": [{"role": "user", "content": PROMPT}],
+        }
+        if call.max_tokens is not None:
+            request["max_tokens"] = call.max_tokens
+        if call.stream:
+            request["stream"] = True
+            request["stream_options"] = {"include_usage": True}
+        return orjson.dumps(request)
+
+    def request(self, call: Call) -> bytes:
+        """The whole HTTP request for `call` (head and body), encoded once."""
+        raw = self._requests.get(call)
+        if raw is None:
+            raw = self._requests[call] = request_bytes(
+                self._host, self._port, self._path, self.body(call), REQUEST_HEADERS
+            )
+        return raw
 
     async def call(self, call: Call) -> Sample:
         http = self._idle.pop()  # callers never outnumber `connections`
         try:
-            body = self.body(call)
-            return await (self._stream(http, body) if call.stream else self._once(http, body))
+            raw = self.request(call)
+            return await (self._stream(http, raw) if call.stream else self._once(http, raw))
         finally:
             self._idle.append(http)
 
-    async def _once(self, http: httpx.AsyncClient, body: bytes) -> Sample:
+    async def _once(self, http: Http1Client, raw: bytes) -> Sample:
         t0 = time.perf_counter()
-        response = await http.post("/chat/completions", content=body)
+        response = await http.exchange(raw)
         latency = time.perf_counter() - t0
-        _check(response.status_code, response.content)
-        answer = orjson.loads(response.content)
+        _check(response.status, response.body)
+        answer = orjson.loads(response.body)
         text = answer["choices"][0]["message"]["content"]
         if not text:
             raise ValueError("empty answer")
@@ -156,45 +170,77 @@ class HttpTarget:
             _overhead(response.headers),
         )
 
-    async def _stream(self, http: httpx.AsyncClient, body: bytes) -> Sample:
-        t0 = time.perf_counter()
-        ttft: float | None = None
-        usage: dict[str, int] | None = None
-        chars = 0
-        done = False
-        async with http.stream("POST", "/chat/completions", content=body) as resp:
-            if resp.status_code != 200:
-                _check(resp.status_code, await resp.aread())
-            overhead = _overhead(resp.headers)
-            async for line in resp.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                data = line[6:]
-                if data == "[DONE]":
-                    # Read on to the end of the body: a response closed early costs its
-                    # connection, and the next call would pay for a new one.
-                    done = True
-                    continue
-                chunk = orjson.loads(data)
-                if "error" in chunk:
-                    raise ValueError(f"error frame: {data[:200]}")
-                choices = chunk.get("choices")
-                if choices and (text := choices[0]["delta"].get("content")):
-                    chars += len(text)
-                    if ttft is None:
-                        ttft = time.perf_counter() - t0
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-        latency = time.perf_counter() - t0
-        if not done or ttft is None or usage is None:
+    async def _stream(self, http: Http1Client, raw: bytes) -> Sample:
+        reader = SseReader(time.perf_counter())
+        response = await http.exchange(raw, reader.feed)
+        latency = time.perf_counter() - reader.t0
+        _check(response.status, response.body)
+        reader.end()
+        if reader.ttft is None or reader.usage is None:
             raise ValueError("stream ended without content, usage or [DONE]")
+        usage = reader.usage
         return Sample(
-            latency, ttft, usage["prompt_tokens"], usage["completion_tokens"], chars, overhead
+            latency,
+            reader.ttft,
+            usage["prompt_tokens"],
+            usage["completion_tokens"],
+            reader.chars,
+            _overhead(response.headers),
         )
+
+    @property
+    def connects(self) -> int:
+        """Connections opened so far (one per concurrent call, if keep-alive held)."""
+        return sum(http.connects for http in self._idle)
 
     async def aclose(self) -> None:
         while self._idle:
-            await self._idle.pop().aclose()
+            self._idle.pop().close()
+
+
+class SseReader:
+    """The `data:` lines of an OpenAI chat stream, read as the bytes arrive: the time to
+    the first content text, the characters of text, the usage, whether [DONE] came. An
+    error frame fails the call at once."""
+
+    __slots__ = ("_rest", "chars", "done", "t0", "ttft", "usage")
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.ttft: float | None = None
+        self.usage: dict[str, int] | None = None
+        self.chars = 0
+        self.done = False
+        self._rest = b""
+
+    def feed(self, data: bytes) -> None:
+        lines = (self._rest + data).split(b"\n") if self._rest else data.split(b"\n")
+        self._rest = lines.pop()
+        for line in lines:
+            if not line.startswith(b"data: "):
+                continue
+            payload = line[6:].rstrip(b"\r")
+            if payload == b"[DONE]":
+                self.done = True
+                continue
+            chunk = orjson.loads(payload)
+            if "error" in chunk:
+                raise ValueError(f"error frame: {payload[:200]!r}")
+            choices = chunk.get("choices")
+            if choices and (text := choices[0]["delta"].get("content")):
+                self.chars += len(text)
+                if self.ttft is None:
+                    self.ttft = time.perf_counter() - self.t0
+            if chunk.get("usage"):
+                self.usage = chunk["usage"]
+
+    def end(self) -> None:
+        """The body ended: a last line without its newline still counts."""
+        if self._rest:
+            rest, self._rest = self._rest, b""
+            self.feed(rest + b"\n")
+        if not self.done:
+            raise ValueError("stream ended without content, usage or [DONE]")
 
 
 class GrpcTarget:
@@ -245,6 +291,6 @@ def _check(status: int, body: bytes) -> None:
         raise ValueError(f"HTTP {status}: {body[:200]!r}")
 
 
-def _overhead(headers: httpx.Headers) -> float | None:
+def _overhead(headers: dict[bytes, bytes]) -> float | None:
     value = headers.get(EDGE_OVERHEAD_HEADER)
     return float(value) if value is not None else None

@@ -8,6 +8,15 @@ from collections.abc import Sequence
 from bench.report import CLIENT_BOUND, MIB, BenchReport, Figures, round_figures
 from bench.targets import DIRECT, TargetResult
 
+HARNESS_MARK = " *"
+HARNESS_NOTE = (
+    "Busy @c: the share of the run at concurrency N that the load generator / the server "
+    "process was on a CPU or ready to run on one (its CPU plus its run-queue wait, from "
+    "schedstat; summed over threads, so several can take it past 100%), not idle waiting "
+    "for the other: the one near 100% set the pace. "
+    f"RPS{HARNESS_MARK}: the load generator was at least {CLIENT_BOUND:.0%} busy, so that "
+    "RPS is (at least partly) the harness's, a floor for the subject's own."
+)
 NOISE = (
     "Figures are from a shared 2-core machine while other work ran on it; absolute numbers "
     "move by 15-50% between runs. Compare the ratios: they come from one run, each "
@@ -35,6 +44,22 @@ def _added(value: float | None, base: float | None) -> str:
 
 def _rss(values: Sequence[int | None]) -> str:
     return " / ".join(_mib(v) for v in values) or "-"
+
+
+def _rps(f: Figures) -> str:
+    """RPS at concurrency N, starred when the load generator's core set the pace."""
+    return _f(f.rps, 0) + (HARNESS_MARK if f.rps is not None and f.load_generator_bound else "")
+
+
+def _busy(f: Figures) -> str:
+    """How busy the load generator and the server kept themselves at concurrency N."""
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0%}"
+
+    if f.load_generator_busy is None and f.server_busy is None:
+        return "-"
+    return f"{pct(f.load_generator_busy)} / {pct(f.server_busy)}"
 
 
 def to_markdown(report: BenchReport, results: Sequence[TargetResult]) -> str:
@@ -76,17 +101,21 @@ def to_markdown(report: BenchReport, results: Sequence[TargetResult]) -> str:
         "while something else ran on its core (schedstat), per request at concurrency 1: "
         "other work on the machine, paid in latency.",
         "",
+        f"{HARNESS_NOTE}",
+        "",
         "| subject | p50 ms | added p50 | added p99 | core wait ms/req @1 | RPS @c "
-        "| CPU ms/req @c | TTFT p50 ms | added TTFT | CPU µs/token | RSS idle MiB "
+        "| busy @c load gen / server | CPU ms/req @c | TTFT p50 ms | added TTFT "
+        "| CPU µs/token | RSS idle MiB "
         "| RSS under load | RSS after |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| --- | --- | --- |",
     ]
     for subject in report.subjects:
         f = figures[subject.key]
         lines.append(
             f"| {subject.name} | {_f(f.latency_p50)} | {_added(f.latency_p50, base.latency_p50)} "
             f"| {_added(f.latency_p99, base.latency_p99)} | {_f(f.wait_ms_per_request)} "
-            f"| {_f(f.rps, 0)} | {_f(f.cpu_ms_per_request)} | {_f(f.ttft_p50)} "
+            f"| {_rps(f)} | {_busy(f)} | {_f(f.cpu_ms_per_request)} | {_f(f.ttft_p50)} "
             f"| {_added(f.ttft_p50, base.ttft_p50)} | {_f(f.cpu_us_per_token, 1)} "
             f"| {_rss(f.rss_idle)} | {_rss(f.rss_peak)} | {_rss(f.rss_after)} |"
         )
@@ -94,9 +123,10 @@ def to_markdown(report: BenchReport, results: Sequence[TargetResult]) -> str:
         "",
         "## Per round",
         "",
-        "| subject | round | p50 ms | p99 ms | core wait ms/req @1 | RPS @c | CPU ms/req @c "
+        "| subject | round | p50 ms | p99 ms | core wait ms/req @1 | RPS @c "
+        "| busy @c load gen / server | CPU ms/req @c "
         "| TTFT p50 ms | CPU µs/token | RSS idle / load / after MiB | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for subject in report.subjects:
         for r in subject.rounds:
@@ -104,7 +134,8 @@ def to_markdown(report: BenchReport, results: Sequence[TargetResult]) -> str:
             errors = sum(m.errors for m in r.measurements.values())
             lines.append(
                 f"| {subject.name} | {r.index + 1} | {_f(f.latency_p50)} | {_f(f.latency_p99)} "
-                f"| {_f(f.wait_ms_per_request)} | {_f(f.rps, 0)} | {_f(f.cpu_ms_per_request)} "
+                f"| {_f(f.wait_ms_per_request)} | {_rps(f)} | {_busy(f)} "
+                f"| {_f(f.cpu_ms_per_request)} "
                 f"| {_f(f.ttft_p50)} "
                 f"| {_f(f.cpu_us_per_token, 1)} "
                 f"| {_mib(r.rss_idle)} / {_mib(r.rss_peak)} / {_mib(r.rss_after)} | {errors} |"
@@ -122,10 +153,11 @@ def to_markdown(report: BenchReport, results: Sequence[TargetResult]) -> str:
     for subject in report.subjects:
         for r in subject.rounds:
             for m in r.measurements.values():
-                if m.client_busy >= CLIENT_BOUND:
+                if m.load_generator_bound:
                     notes.append(
-                        f"{subject.name}, round {r.index + 1}, {m.scenario}: the load "
-                        f"generator's core was {m.client_busy:.0%} busy (it set the pace)"
+                        f"{subject.name}, round {r.index + 1}, {m.scenario} (concurrency "
+                        f"{m.concurrency}): the load generator was "
+                        f"{m.load_generator_busy:.0%} busy (it set the pace)"
                     )
                 if m.errors:
                     notes.append(

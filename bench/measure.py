@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
 from bench.load import Sample, Target, run_load
 from bench.plan import BenchSettings, Scenario
-from bench.processes import BenchError, ServerProcess
-from bench.report import Measurement, Round, SubjectReport
+from bench.processes import BenchError, ServerProcess, sched_times
+from bench.report import CLIENT, Measurement, Round, SubjectReport
 from bench.upstream import TOKEN_CHARS
 
 RSS_SAMPLE_S = 0.05
@@ -81,8 +82,9 @@ async def measure_round(
 
 
 async def measure(subject: Subject, scenario: Scenario, settings: BenchSettings) -> Measurement:
-    """One scenario against one subject, with the CPU its processes spent meanwhile; an
-    answer whose token count or text does not match what the upstream sent is an error."""
+    """One scenario against one subject, with the CPU its processes and the load generator
+    spent meanwhile and what each waited for a core; an answer whose token count or text does
+    not match what the upstream sent is an error."""
     expected = scenario.expected_tokens(settings)
 
     async def checked() -> Sample:
@@ -95,15 +97,19 @@ async def measure(subject: Subject, scenario: Scenario, settings: BenchSettings)
             )
         return sample
 
-    before = {name: proc.sched_times() for name, proc in subject.processes.items()}
+    procs = {name: proc.sched_times for name, proc in subject.processes.items()}
+    # The load generator's own run-queue wait: with its CPU, how busy it kept itself.
+    procs[CLIENT] = partial(sched_times, os.getpid())
+    before = {name: times() for name, times in procs.items()}
     run = await run_load(checked, scenario.requests, scenario.concurrency)
     spent: dict[str, float] = {}
     waited: dict[str, float] = {}
-    for name, proc in subject.processes.items():
-        start, end = before[name], proc.sched_times()
+    for name, times in procs.items():
+        start, end = before[name], times()
         if start is not None and end is not None:
             delta = end - start
-            spent[name] = delta.cpu_s
+            if name != CLIENT:  # its CPU is counted by run_load, for this process alone
+                spent[name] = delta.cpu_s
             if delta.wait_s is not None:
                 waited[name] = delta.wait_s
     return Measurement.of(scenario.name, run, scenario.call.stream, spent, waited)

@@ -13,8 +13,11 @@ from typing import Any
 
 from bench.load import LoadResult
 
-# Above this share of its core, the load generator, not the server, limits throughput.
+# Busy (on a CPU or ready for one) this share of a run, the load generator, not the server,
+# limited its throughput.
 CLIENT_BOUND = 0.9
+# The load generator's key in a measurement's cpu_s and wait_s.
+CLIENT = "client"
 MIB = 1024 * 1024
 
 
@@ -71,7 +74,7 @@ class Measurement:
     # Seconds each server process waited on its core's run queue over the run: time it was
     # ready while something else ran there (other work on a shared machine).
     wait_s: dict[str, float]
-    # Share of the wall time the load generator spent on CPU: near 1, it set the pace.
+    # Share of the wall time the load generator's process spent on CPU.
     client_busy: float
 
     @classmethod
@@ -102,10 +105,30 @@ class Measurement:
             prompt_tokens=sorted({s.prompt_tokens for s in samples}),
             completion_tokens=sorted({s.completion_tokens for s in samples}),
             edge_overhead_ms=Percentiles.of_seconds(overheads),
-            cpu_s={"client": run.client_cpu_s, **cpu_s},
+            cpu_s={CLIENT: run.client_cpu_s, **cpu_s},
             wait_s=dict(wait_s or {}),
             client_busy=run.client_cpu_s / run.wall_s if run.wall_s > 0 else 0.0,
         )
+
+    def busy(self, process: str) -> float | None:
+        """Share of the run `process` was on a CPU or ready to run on one (waiting on its
+        run queue), not idle: near 1, it had work all along and set the pace. Other work on
+        a shared core does not raise it, as a core's own busy share would."""
+        cpu = self.cpu_s.get(process)
+        if cpu is None or self.wall_s <= 0:
+            return None
+        return (cpu + self.wait_s.get(process, 0.0)) / self.wall_s
+
+    @property
+    def load_generator_busy(self) -> float:
+        """Its CPU and run-queue wait; its CPU alone where the wait was not read."""
+        busy = self.busy(CLIENT) if CLIENT in self.wait_s else None
+        return self.client_busy if busy is None else busy
+
+    @property
+    def load_generator_bound(self) -> bool:
+        """The load generator had work all along: the RPS is (at least partly) the harness's."""
+        return self.load_generator_busy >= CLIENT_BOUND
 
     def cpu_ms_per_request(self, process: str) -> float | None:
         spent = self.cpu_s.get(process)
@@ -146,9 +169,18 @@ class Figures:
     edge_own_p50: float | None = None
     # What the server waited for its core per request at concurrency 1 (mean).
     wait_ms_per_request: float | None = None
+    # Shares of the run at concurrency N the load generator and the server were busy (on a
+    # CPU or ready for one): near 1, that process set the pace.
+    load_generator_busy: float | None = None
+    server_busy: float | None = None
     rss_idle: list[int | None] = field(default_factory=list)
     rss_peak: list[int | None] = field(default_factory=list)
     rss_after: list[int | None] = field(default_factory=list)
+
+    @property
+    def load_generator_bound(self) -> bool:
+        """The RPS at concurrency N is (at least partly) the harness's."""
+        return self.load_generator_busy is not None and self.load_generator_busy >= CLIENT_BOUND
 
 
 def round_figures(r: Round, server: str) -> Figures:
@@ -167,6 +199,8 @@ def round_figures(r: Round, server: str) -> Figures:
         cpu_us_per_token=tok.cpu_us_per_token(server) if tok else None,
         edge_own_p50=_p50(m["latency"].edge_overhead_ms) if "latency" in m else None,
         wait_ms_per_request=m["latency"].wait_ms_per_request(server) if "latency" in m else None,
+        load_generator_busy=thr.load_generator_busy if thr else None,
+        server_busy=thr.busy(server) if thr else None,
         rss_idle=[r.rss_idle],
         rss_peak=[r.rss_peak],
         rss_after=[r.rss_after],
@@ -209,6 +243,8 @@ class SubjectReport:
             cpu_us_per_token=med(lambda f: f.cpu_us_per_token),
             edge_own_p50=med(lambda f: f.edge_own_p50),
             wait_ms_per_request=med(lambda f: f.wait_ms_per_request),
+            load_generator_busy=med(lambda f: f.load_generator_busy),
+            server_busy=med(lambda f: f.server_busy),
             rss_idle=[r.rss_idle for r in self.rounds],
             rss_peak=[r.rss_peak for r in self.rounds],
             rss_after=[r.rss_after for r in self.rounds],

@@ -129,7 +129,7 @@ async def _start_subjects(
         Subject(
             targets.DIRECT,
             "upstream direct (zero baseline)",
-            "httpx → upstream",
+            "HTTP/1.1 load generator → upstream",
             "upstream",
             http(upstream_url, UPSTREAM_MODEL),
             {"upstream": upstream},
@@ -150,7 +150,7 @@ async def _start_subjects(
         Subject(
             targets.RELAY,
             "minimal relay (floor)",
-            "httpx → aiohttp server + client, orjson per event → upstream",
+            "HTTP/1.1 load generator → aiohttp server + client, orjson per event → upstream",
             "relay",
             http(relay_url, UPSTREAM_MODEL),
             {"relay": relay, "upstream": upstream},
@@ -194,7 +194,7 @@ async def _start_subjects(
                 Subject(
                     targets.MESH,
                     "mesh REST edge",
-                    "httpx → edge → in-process router → adapter → upstream",
+                    "HTTP/1.1 load generator → edge → in-process router → adapter → upstream",
                     name,
                     http(edge_url, MESH_ALIAS),
                     tracked,
@@ -215,7 +215,7 @@ async def _start_subjects(
                 Subject(
                     f"{targets.MESH}[{mode.value}]",
                     f"mesh REST edge, {mode.label}",
-                    "httpx → edge → in-process router → adapter → upstream",
+                    "HTTP/1.1 load generator → edge → in-process router → adapter → upstream",
                     name,
                     http(edge_url, MESH_ALIAS),
                     tracked,
@@ -238,7 +238,7 @@ async def _start_subjects(
             Subject(
                 targets.LITELLM,
                 "LiteLLM proxy 1.103.7",
-                "httpx → LiteLLM proxy (1 worker) → upstream",
+                "HTTP/1.1 load generator → LiteLLM proxy (1 worker) → upstream",
                 "litellm",
                 http(base_url + "/v1", litellm_proxy.MODEL_ALIAS),
                 {"litellm": proc, "upstream": upstream},

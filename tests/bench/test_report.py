@@ -91,3 +91,31 @@ def test_sched_times_of_a_live_process_grow_with_its_work() -> None:
     assert spent.cpu_s > 0
     assert spent.wait_s is not None
     assert spent.wait_s >= 0
+
+
+def test_a_process_busy_with_cpu_and_run_queue_wait_sets_the_pace_at_ninety_percent() -> None:
+    run = _run([1.0] * 4, 16)  # 2 s of wall time; the load generator's CPU: 0.5 s
+    paced = Measurement.of("throughput", run, False, {"mesh": 1.0}, {"client": 1.4, "mesh": 0.1})
+    assert paced.busy("mesh") == pytest.approx(0.55)
+    assert paced.busy("absent") is None
+    assert paced.load_generator_busy == pytest.approx(0.95)
+    assert paced.load_generator_bound
+    below = Measurement.of("throughput", run, False, {}, {"client": 1.28})
+    assert below.load_generator_busy == pytest.approx(0.89)
+    assert not below.load_generator_bound
+    # Without schedstat, only its CPU share is known.
+    unread = Measurement.of("throughput", run, False, {})
+    assert (unread.load_generator_busy, unread.load_generator_bound) == (0.25, False)
+
+
+def test_figures_carry_how_busy_the_load_generator_and_the_server_were_at_concurrency_n() -> None:
+    r = _round(0, 1.0, 0.01, 100)
+    runs = dict(r.measurements)
+    runs["throughput"] = Measurement.of(
+        "throughput", _run([1.0] * 10, 16), False, {"mesh": 1.2}, {"client": 1.44, "mesh": 0.2}
+    )
+    f = round_figures(Round(0, runs, 1, 2, 3), "mesh")
+    assert f.load_generator_busy == pytest.approx(0.97)
+    assert f.server_busy == pytest.approx(0.7)
+    assert f.load_generator_bound
+    assert not round_figures(r, "mesh").load_generator_bound

@@ -3,8 +3,9 @@ missed, or not measured when a subject is missing."""
 
 from __future__ import annotations
 
+from bench.load import LoadResult, Sample
 from bench.markdown import to_markdown
-from bench.report import BenchReport, Figures
+from bench.report import BenchReport, Figures, Measurement, Round, SubjectReport
 from bench.targets import (
     DIRECT,
     GRPC_HOP,
@@ -16,6 +17,18 @@ from bench.targets import (
     evaluate,
     rss_growth,
 )
+
+SETTINGS = {
+    "rounds": 1,
+    "requests": 1,
+    "throughput_requests": 1,
+    "concurrency": 32,
+    "tokens": 16,
+    "streams": 16,
+    "stream_tokens": 256,
+    "stream_waves": 1,
+    "warmup": 0,
+}
 
 
 def _figures(**mesh: object) -> dict[str, Figures]:
@@ -94,17 +107,7 @@ def test_a_target_whose_subject_was_not_measured_says_so() -> None:
 
 def test_latest_md_lists_every_target_with_its_verdict() -> None:
     report = BenchReport(
-        settings={
-            "rounds": 1,
-            "requests": 1,
-            "throughput_requests": 1,
-            "concurrency": 32,
-            "tokens": 16,
-            "streams": 16,
-            "stream_tokens": 256,
-            "stream_waves": 1,
-            "warmup": 0,
-        },
+        settings=SETTINGS,
         environment={"date": "d", "versions": {"grpcio": "1"}},
         skipped={"litellm": "disabled (--no-litellm)"},
     )
@@ -121,3 +124,29 @@ def test_a_relay_that_added_nothing_gives_no_ratio_and_says_why() -> None:
     result = evaluate(figures)[4]
     assert result.verdict is Verdict.NOT_MEASURED
     assert result.value_text == "the relay added -0.05 ms"
+
+
+def test_a_harness_bound_rps_is_starred_and_named_in_the_rps_target() -> None:
+    figures = _figures(load_generator_busy=0.95, server_busy=0.6)
+    assert evaluate(figures)[3].value_text == (
+        "20.0x (1000 vs 50 RPS); the load generator set the pace of mesh"
+    )
+    assert evaluate(_figures(load_generator_busy=0.5))[3].value_text == "20.0x (1000 vs 50 RPS)"
+
+    run = LoadResult(10, 32, 1.0, 0.5, [Sample(0.001, None, 5, 16, 48)] * 10)
+    paced = Measurement.of("throughput", run, False, {"s": 0.5}, {"client": 0.45, "s": 0.1})
+    free = Measurement.of("throughput", run, False, {"s": 0.9}, {"client": 0.0, "s": 0.09})
+    report = BenchReport(settings=SETTINGS, environment={})
+    report.subjects = [
+        SubjectReport(key, name, "d", "s", [Round(0, {"throughput": m}, 1, 1, 1)])
+        for key, name, m in ((MESH, "mesh REST edge", paced), (RELAY, "relay", free))
+    ]
+    text = to_markdown(report, evaluate(report.figures()))
+    assert "RPS *: the load generator was at least 90% busy" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| mesh REST", "| relay"))]
+    assert ["| 10 * | 95% / 60% |" in row for row in rows] == [True, False, True, False]
+    assert ["| 10 | 50% / 99% |" in row for row in rows] == [False, True, False, True]
+    assert (
+        "mesh REST edge, round 1, throughput (concurrency 32): the load generator was 95% busy "
+        "(it set the pace)"
+    ) in text
