@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.loop_histogram import LoopHistograms
-from router.cli.grpc_handlers import observed, wrap_handler
+from router.cli.grpc_handlers import WrappedHandlers
 
 BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -40,9 +40,7 @@ class GrpcServerMetrics(_ServerInterceptor, Collector):
     def __init__(self, registry: CollectorRegistry) -> None:
         self._handled: dict[tuple[str, str], int] = {}
         self._seconds = LoopHistograms(BUCKETS)
-        # method -> (its handler, that handler wrapped): wrapping costs about 7 us, and a
-        # method's handler is the same object call after call.
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+        self._handlers = WrappedHandlers(lambda method: functools.partial(_Call, self, method))
         registry.register(self)
 
     async def intercept_service(
@@ -51,25 +49,10 @@ class GrpcServerMetrics(_ServerInterceptor, Collector):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or not observed(method):
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = wrap_handler(handler, functools.partial(self._measuring, method))
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        return self._handlers.wrapped(handler_call_details.method, handler)
 
-    @contextmanager
-    def _measuring(self, method: str, context: Context) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._observe(method, context, started)
-
-    def _observe(self, method: str, context: Context, started: float) -> None:
+    def observe(self, method: str, context: Context, started: float) -> None:
+        """Counts one finished call of `method` that began at `started` (perf_counter)."""
         seconds = time.perf_counter() - started
         code = context.code()
         # An aborted call has its code set; one that ended by itself has none (OK), and a
@@ -98,3 +81,27 @@ class GrpcServerMetrics(_ServerInterceptor, Collector):
             "Time from a call's arrival to its end (a stream's last message).",
             "method",
         )
+
+
+class _Call:
+    """One call being measured, from its handler's start to its end. A plain class rather
+    than a generator-based context manager: about 5 us less per call."""
+
+    __slots__ = ("_context", "_method", "_metrics", "_started")
+
+    def __init__(self, metrics: GrpcServerMetrics, method: str, context: Context) -> None:
+        self._metrics = metrics
+        self._method = method
+        self._context = context
+        self._started = time.perf_counter()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._metrics.observe(self._method, self._context, self._started)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 
-from router.cli.grpc_handlers import observed, wrap_handler
+from router.cli.grpc_handlers import WrappedHandlers
 
 _Metadata = Sequence[tuple[str, str | bytes]]
 if TYPE_CHECKING:  # generic in the stubs only
@@ -49,6 +49,7 @@ class TracingServerInterceptor(_ServerInterceptor):
 
     def __init__(self, provider: trace.TracerProvider) -> None:
         self._tracer = provider.get_tracer("imesh.grpc")
+        self._handlers = WrappedHandlers(self._around)
 
     async def intercept_service(
         self,
@@ -56,20 +57,18 @@ class TracingServerInterceptor(_ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or not observed(method):
-            return handler
-        return wrap_handler(handler, functools.partial(self._span, method))
+        return self._handlers.wrapped(handler_call_details.method, handler)
+
+    def _around(self, method: str) -> Callable[[Context], AbstractContextManager[object]]:
+        service, _, name = method.lstrip("/").partition("/")
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+        return functools.partial(self._span, method, attributes)
 
     @contextmanager
-    def _span(self, method: str, context: Context) -> Iterator[None]:
+    def _span(self, method: str, attributes: dict[str, str], context: Context) -> Iterator[None]:
         metadata: _Metadata = tuple(context.invocation_metadata() or ())
         parent = propagate.extract(metadata, getter=_GETTER)
-        service, _, name = method.lstrip("/").partition("/")
         with self._tracer.start_as_current_span(
-            method,
-            context=parent,
-            kind=trace.SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            method, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
         ):
             yield

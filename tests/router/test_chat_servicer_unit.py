@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
 
 import grpc
 import grpc_testing
@@ -163,3 +164,52 @@ def test_cancelling_the_call_closes_the_apis_stream(loop: LoopThread) -> None:
     asyncio.run_coroutine_threadsafe(api.streaming.wait(), loop.loop).result(5)
     rpc.cancel()
     asyncio.run_coroutine_threadsafe(api.closed.wait(), loop.loop).result(5)
+
+
+def test_a_call_without_a_request_id_gets_a_new_random_one(loop: LoopThread) -> None:
+    api = ScriptedAPI()
+    server = serve(api, loop)
+    for _ in range(2):
+        server.invoke_unary_unary(
+            CHAT, (), chat_service_pb2.ChatRequest(input=ASK), None
+        ).termination()
+    ids = [ctx.request_id for ctx in api.contexts]
+    for request_id in ids:
+        assert request_id is not None
+        assert len(request_id) == 32
+        assert int(request_id, 16) >= 0  # hex digits only
+    assert ids[0] != ids[1]
+
+
+class _Context:
+    """What ChatServicer reads of a grpc.aio context, for calling a handler directly."""
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def time_remaining(self) -> float | None:
+        return None
+
+
+class HangingAPI(ScriptedAPI):
+    async def chat(
+        self, request: chat_pb2.ChatInput, ctx: CallContext
+    ) -> chat_service_pb2.ChatResponse:
+        self.streaming.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.closed.set()
+        raise AssertionError("unreachable")
+
+
+async def test_unwind_cancels_a_running_unary_chat_and_waits_until_it_ended() -> None:
+    api = HangingAPI()
+    servicer = ChatServicer(api)  # type: ignore[arg-type]
+    context: Any = _Context()
+    call = asyncio.create_task(servicer.Chat(chat_service_pb2.ChatRequest(input=ASK), context))
+    await asyncio.wait_for(api.streaming.wait(), 5)
+    assert await servicer.unwind(5.0)
+    assert api.closed.is_set()
+    assert call.cancelled()
+    assert await servicer.unwind(0.0)  # nothing left running: the handler untracked itself

@@ -66,3 +66,29 @@ async def test_every_handler_style_gets_a_server_span_under_the_callers_trace() 
         assert format(span.context.trace_id, "032x") == CALLER_TRACE
         assert span.attributes is not None
         assert span.attributes["rpc.service"] == "t.S"
+
+
+async def test_a_method_handler_is_wrapped_once_and_every_call_still_traced() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    interceptor = TracingServerInterceptor(provider)
+    handler = grpc.unary_unary_rpc_method_handler(ok)
+    details: Any = type("Details", (), {"method": "/t.S/Ok", "invocation_metadata": ()})()
+
+    async def continuation(_: Any) -> Any:
+        return handler
+
+    first = await interceptor.intercept_service(continuation, details)
+    again = await interceptor.intercept_service(continuation, details)
+    assert again is first
+    context: Any = type("Ctx", (), {"invocation_metadata": lambda self: TRACEPARENT})()
+    for wrapped in (first, again):
+        behaviour: Any = wrapped.unary_unary
+        assert await behaviour(b"", context) == b"ok"
+    spans = exporter.get_finished_spans()
+    assert [s.name for s in spans] == ["/t.S/Ok", "/t.S/Ok"]
+    assert all(format(s.context.trace_id, "032x") == CALLER_TRACE for s in spans)
+    assert spans[0].attributes == spans[1].attributes
+    assert spans[0].attributes is not None
+    assert spans[0].attributes["rpc.method"] == "Ok"
