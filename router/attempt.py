@@ -1,4 +1,5 @@
-"""One attempt: a call to one deployment, opened in its own task, then read by the request."""
+"""One attempt: a call to one deployment, opened in its own task (a hedged race) or in the
+request's (no race), then read by the request."""
 
 from __future__ import annotations
 
@@ -30,14 +31,16 @@ log = logging.getLogger(__name__)
 class Attempt:
     """Lifecycle:
 
-    - `start()` runs the opening in the attempt's own task: open the backend stream and
-      read it until the first batch with output (content or a tool call), its end, or a
-      failure; then call `on_ready(self)` once. A failed attempt is recorded by then; one
-      that ended cleanly without output once the request knows whether it won.
-    - An attempt with output waits there, its stream open, until the request decides:
-      `take_over()` (it won: from now on the request's task reads the stream directly
-      with `read()`, no queue between them) or `cancel()` (it lost: its task closes the
-      stream and records it).
+    - The opening: open the backend stream and read it until the first batch with output
+      (content or a tool call), its end, or a failure. A failed attempt is recorded by
+      then; one that ended cleanly without output once the request knows whether it won.
+      Either `await open()` runs it in the caller's task (nothing races the attempt: no
+      task, queue or future), or `start()` runs it in the attempt's own task (a hedged
+      race), which then calls `on_ready(self)` once.
+    - A started attempt with output waits there, its stream open, until the request
+      decides: `take_over()` (it won: from now on the request's task reads the stream
+      directly with `read()`, no queue between them) or `cancel()` (it lost: its task
+      closes the stream and records it). An opened one is the request's already.
     - `close()` ends it whatever its state: the backend stream is closed and the attempt
       recorded, exactly once (a hedge cancelled before its task ran included).
 
@@ -62,7 +65,7 @@ class Attempt:
         kind: AttemptKind,
         timeouts: Timeouts,
         recorder: Recorder,
-        on_ready: Callable[[Attempt], None],
+        on_ready: Callable[[Attempt], None] | None = None,
     ) -> None:
         self.scope = scope
         self.candidate = candidate
@@ -119,15 +122,23 @@ class Attempt:
         return self.first_output_at - self.started_at
 
     @property
-    def task(self) -> asyncio.Task[None]:
-        assert self._task is not None, "attempt not started"
-        return self._task
+    def running_task(self) -> asyncio.Task[None] | None:
+        """The attempt's own task while it runs (None: opened in the caller's, or over)."""
+        task = self._task
+        return task if task is not None and not task.done() else None
+
+    async def open(self) -> None:
+        """Runs the opening in the caller's task; returns once the attempt can win
+        (`has_output`) or has failed (`error`, recorded). A cancelled caller closes the
+        stream and records the attempt before the cancellation propagates."""
+        self._recorder.begin(self)
+        await self._open()
 
     def start(self) -> None:
         self._recorder.begin(self)
         tracer = self._recorder.tracer
         self._task = asyncio.create_task(
-            self._open(),
+            self._race(),
             name=f"attempt-{self.scope.request_id}-{self.number}",
             context=None if tracer is None else tracer.attempt_context(self),
         )
@@ -174,9 +185,32 @@ class Attempt:
             await asyncio.wait([self._task])
         await self._abandon()
 
-    # -- the opening, in the attempt's own task ------------------------------------------
+    def abandon(self) -> None:
+        """`close()` without waiting: records the attempt (cancelled, unless it ended) and
+        cancels its task; the stream, if still open, is left to its finalizer."""
+        self.cancel()
+        self._timer.cancel()
+        self._finish(Outcome.SUCCESS if self.ended_clean else Outcome.CANCELLED, None)
+
+    # -- the opening ----------------------------------------------------------------------
+
+    async def _race(self) -> None:
+        """The opening in the attempt's own task, then the wait for the request's verdict."""
+        await self._open()
+        assert self._on_ready is not None, "a started attempt reports to on_ready"
+        if self.first_output_at is None:
+            self._on_ready(self)  # failed (recorded) or ended clean
+            return
+        self._handed_over = asyncio.get_running_loop().create_future()
+        self._on_ready(self)
+        try:
+            await self._handed_over
+        except asyncio.CancelledError:
+            await self._abandon()  # lost the race: close the upstream, record
+            raise
 
     async def _open(self) -> None:
+        """Opens the stream and reads to the first output, its end or a failure."""
         deployment = self.candidate.deployment
         generate = adapter_service_pb2.GenerateRequest(
             input=self.scope.request,
@@ -206,15 +240,6 @@ class Attempt:
             self.first_output_at = time.monotonic()
             self.first_output = out
             self._timer.reschedule(self._attempt_deadline.loop_at())
-            self._handed_over = asyncio.get_running_loop().create_future()
-            self._on_ready(self)
-            try:
-                await self._handed_over
-            except asyncio.CancelledError:
-                await self._abandon()  # lost the race: close the upstream, record
-                raise
-            return
-        self._on_ready(self)
 
     async def _next(self, stream: AsyncIterator[Batch]) -> Batch:
         """The next batch; StopAsyncIteration at the end, TimeoutError past the limit."""
@@ -269,12 +294,14 @@ class Attempt:
             except Exception:
                 log.exception("%s: closing the backend stream failed", self.deployment)
 
-    def _finish(self, outcome: Outcome, error: MeshError | None, *, sent: bool = True) -> None:
+    def _finish(self, outcome: Outcome, error: MeshError | None) -> None:
         if self.record is not None:
             return
         self.ended_at = time.monotonic()
+        # An attempt that never ran (a hedge cancelled before its task's first step) sent
+        # nothing upstream, so it spent nothing.
         self.record = self._recorder.finish(
-            self.scope, self, outcome, error, ended_at=self.ended_at, prompt_sent=sent
+            self.scope, self, outcome, error, ended_at=self.ended_at, prompt_sent=self._ran
         )
 
     def _cancelled(self, task: asyncio.Task[None]) -> None:
@@ -283,7 +310,7 @@ class Attempt:
         # breaker permit and in-flight count come back; nothing reached the upstream. So
         # must a task whose own cleanup was cut short by a second cancellation.
         if self.record is None and task.cancelled():
-            self._finish(Outcome.CANCELLED, None, sent=self._ran)
+            self._finish(Outcome.CANCELLED, None)
 
     def _error_of(self, exc: Exception) -> MeshError:
         if isinstance(exc, TimeoutError):

@@ -49,8 +49,11 @@ class Executor:
 
 
 class Run:
-    """One request's attempts. Before a winner: at most one primary attempt plus hedges,
-    each opening in its own task. Then the request's task reads the winner directly.
+    """One request's attempts. Before a winner: without hedging, one attempt at a time,
+    each opened in the request's own task (retries and fallbacks follow in order; no task,
+    queue or future). With hedging (or a span per attempt to parent: tracing), at most one
+    primary attempt plus hedges race, each opening in its own task. Either way the
+    request's task then reads the winner directly.
 
     Lifecycle: `first_batch()` once (start + the first output; raises MeshError when no
     attempt gets there), `next_batch()` until None (the last batch carries usage and
@@ -62,8 +65,12 @@ class Run:
         self._x = executor
         self._scope = scope
         self._plan = plan
+        tracer = executor.recorder.tracer
+        # Attempts race in their own tasks when hedges may join them, or when each needs
+        # a task whose context carries its span (router.tracing).
+        self._racing = plan.hedging.enabled or (tracer is not None and tracer.enabled)
         # Every attempt puts itself here once (when it can win or has failed): bounded.
-        self._ready: asyncio.Queue[Attempt] = asyncio.Queue()
+        self._ready: asyncio.Queue[Attempt] | None = asyncio.Queue() if self._racing else None
         self._live: list[Attempt] = []
         self._failed: list[Attempt] = []
         self._excluded: set[str] = set()
@@ -79,8 +86,13 @@ class Run:
 
     # -- the caller's side ------------------------------------------------------------------
 
+    @property
+    def final_sent(self) -> bool:
+        """The batch with usage and finish was handed out: the answer is complete."""
+        return self._final_sent
+
     async def first_batch(self) -> Batch:
-        winner = await self._race()
+        winner = await (self._race() if self._racing else self._in_turn())
         self._winner = self._scope.winner = winner
         for other in self._live:
             if other is not winner:
@@ -133,13 +145,30 @@ class Run:
             batch.append(events_pb2.ChatEvent(finish=winner.finish or _STOP))
         return batch
 
+    async def finish(self) -> None:
+        """After the final batch went out: reads the winner's stream to its end (so it is
+        recorded as ended, not cancelled), then closes every attempt, like `close()`."""
+        try:
+            if self._final_sent:
+                await self.next_batch()  # after the finish: None once the stream ended
+        finally:
+            await self.close()
+
+    def abandon(self) -> None:
+        """`close()` without waiting, for a close that can no longer run (its task was
+        cancelled before it started): every attempt is recorded as cancelled and its
+        permit given back; streams left open are closed by the loop's async-generator
+        finalizer."""
+        for attempt in self._scope.attempts:
+            attempt.abandon()
+
     async def close(self) -> None:
         attempts = self._scope.attempts
         for attempt in attempts:
             if attempt is not self._winner:
                 attempt.cancel()
         interrupted: BaseException | None = None
-        pending = [a.task for a in attempts if not a.task.done()]
+        pending = [t for a in attempts if (t := a.running_task) is not None]
         if pending:
             try:
                 await asyncio.wait(pending)
@@ -153,16 +182,30 @@ class Run:
         if interrupted is not None:
             raise interrupted
 
-    # -- racing: until one attempt has output -------------------------------------------
+    # -- until one attempt has output ---------------------------------------------------
+
+    async def _in_turn(self) -> Attempt:
+        """No race: each attempt opens in this task. Its ReadTimer bounds every read by
+        the first-token and attempt limits and the request's deadline, so nothing else
+        needs a timer here."""
+        while True:
+            attempt = await self._start_primary()
+            await attempt.open()
+            self._live.remove(attempt)
+            if attempt.has_output:
+                return attempt
+            self._after_failure(attempt)
 
     async def _race(self) -> Attempt:
         await self._start_primary()
+        ready = self._ready
+        assert ready is not None
         deadline = self._scope.deadline
         while True:
             wake = min(Deadline(self._hedge_at()), deadline)
             try:
                 async with asyncio.timeout_at(wake.loop_at()):
-                    attempt = await self._ready.get()
+                    attempt = await ready.get()
             except TimeoutError:
                 if deadline.expired():
                     raise self._deadline_error() from None
@@ -171,9 +214,12 @@ class Run:
             self._live.remove(attempt)
             if attempt.has_output:
                 return attempt
-            await self._after_failure(attempt)
+            self._after_failure(attempt)
+            if not self._live:  # else a hedge still runs: it is this request's next chance
+                await self._start_primary()
 
-    async def _after_failure(self, attempt: Attempt) -> None:
+    def _after_failure(self, attempt: Attempt) -> None:
+        """Raises when the failure ends the request; else the next primary may start."""
         error = attempt.error
         assert error is not None
         self._failed.append(attempt)
@@ -188,11 +234,10 @@ class Run:
         if verdict.exclude:
             # Wrong credentials or model on this deployment: the others may serve it.
             self._excluded.add(attempt.deployment)
-        if self._live:
-            return  # a hedge is still running: it is this request's next chance
-        await self._start_primary()
 
-    async def _start_primary(self) -> None:
+    async def _start_primary(self) -> Attempt:
+        """Launches the next primary (a retry after its backoff, or a fallback); raises
+        when none may run."""
         plan, scope = self._plan, self._scope
         for _ in range(len(plan.candidates) + 1):
             if scope.deadline.expired():
@@ -213,9 +258,10 @@ class Run:
                 await asyncio.sleep(delay)
                 scope.backoff_s += delay
             self._cursor = plan.candidates.index(candidate) + 1
-            if self._launch(candidate, kind):
+            attempt = self._launch(candidate, kind)
+            if attempt is not None:
                 self._primaries += 1
-                return
+                return attempt
         raise self._final_error()
 
     def _start_hedge(self) -> None:
@@ -235,7 +281,7 @@ class Run:
                 return
             if budget is not None and spent + candidate.estimated_cost_micros > budget:
                 continue
-            if self._launch(candidate, AttemptKind.HEDGE):
+            if self._launch(candidate, AttemptKind.HEDGE) is not None:
                 return
 
     def _pick(self, start: int) -> Candidate | None:
@@ -254,10 +300,12 @@ class Run:
             return c
         return None
 
-    def _launch(self, candidate: Candidate, kind: AttemptKind) -> bool:
+    def _launch(self, candidate: Candidate, kind: AttemptKind) -> Attempt | None:
+        """An attempt holding the breaker's permit (None: no permit), started in its own
+        task when racing; else the caller opens it."""
         permit = candidate.breaker.try_acquire()
         if permit is None:
-            return False
+            return None
         x, scope = self._x, self._scope
         attempt = Attempt(
             scope,
@@ -267,7 +315,7 @@ class Run:
             kind=kind,
             timeouts=x.timeouts,
             recorder=x.recorder,
-            on_ready=self._ready.put_nowait,
+            on_ready=None if self._ready is None else self._ready.put_nowait,
         )
         if kind is AttemptKind.RETRY:
             scope.retries += 1
@@ -278,10 +326,11 @@ class Run:
         self._tried.add(candidate.name)
         scope.attempts.append(attempt)
         self._live.append(attempt)
-        attempt.start()
-        if self._plan.hedging.enabled and scope.hedges < self._plan.hedging.max_hedges:
-            self._hedge_from = attempt
-        return True
+        if self._racing:
+            attempt.start()
+            if self._plan.hedging.enabled and scope.hedges < self._plan.hedging.max_hedges:
+                self._hedge_from = attempt
+        return attempt
 
     def _hedge_at(self) -> float:
         running = self._hedge_from

@@ -1,5 +1,6 @@
-"""Logs for operators: one structured line per request (a record sink), and the JSON format
-every service line is written in off a terminal.
+"""Logs for operators: one structured line per request (a record sink), the JSON format
+every service line is written in off a terminal, and a handler that writes lines in
+batches (one write per loop turn, not one per request).
 
 A request's line carries ids, the tenant, the deployment, the outcome, tokens, cost and
 latencies, and nothing the caller sent or received: never prompts, outputs, error messages
@@ -9,12 +10,15 @@ debugging only) adds the error message.
 
 from __future__ import annotations
 
+import asyncio
 import functools
-import json
 import logging
+import sys
 import time
-from typing import TYPE_CHECKING, Any
+import traceback
+from typing import IO, TYPE_CHECKING, Any
 
+import orjson
 from opentelemetry import trace
 
 if TYPE_CHECKING:
@@ -22,7 +26,6 @@ if TYPE_CHECKING:
 
 REQUEST_LOGGER = "imesh.request"
 _MESSAGE = "request %s %s"
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 # The LogRecord attribute that carries a line's structured fields to JsonFormatter.
 FIELDS = "imesh_fields"
 
@@ -49,7 +52,9 @@ class JsonFormatter(logging.Formatter):
                 line["span_id"] = format(span.span_id, "016x")
         if record.exc_info:
             line["exc_info"] = self.formatException(record.exc_info)
-        return _ENCODER.encode(line)
+        # orjson: a fifth of the json module's time for a request's line. Anything it
+        # cannot encode is written as its str(), as before.
+        return orjson.dumps(line, default=str).decode()
 
 
 def _iso_time(created: float) -> str:
@@ -123,3 +128,65 @@ def request_fields(record: RequestRecord) -> dict[str, Any]:
         "overhead_ms": round(record.overhead_s * 1000, 3),
     }
     return fields
+
+
+class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler that writes its lines in batches: on the event loop's thread a
+    line waits until the end of the loop turn (at most `delay_s`), so a loop that logs a
+    line per request makes one write per turn, not one per request (each write wakes the
+    log reader, on a small machine the other core). Lines of WARNING and above, lines
+    logged off the loop, and a buffer of `max_lines` are written at once, in order.
+    `flush()` and `close()` (logging.shutdown calls both at exit) write what is held.
+    """
+
+    def __init__(
+        self, stream: IO[str] | None = None, *, delay_s: float = 0.005, max_lines: int = 256
+    ) -> None:
+        super().__init__(stream)
+        self._lines: list[str] = []
+        self._delay_s = delay_s
+        self._max_lines = max_lines
+        self._scheduled: asyncio.TimerHandle | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.append(self.format(record) + self.terminator)
+        except Exception:
+            self.handleError(record)
+            return
+        if record.levelno >= logging.WARNING or len(self._lines) >= self._max_lines:
+            self.flush()
+            return
+        if self._scheduled is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # off the loop: nobody would write it later
+                self.flush()
+                return
+            self._scheduled = loop.call_later(self._delay_s, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._scheduled = None
+        self.acquire()  # the lock emit() runs under (logging.Handler.handle)
+        try:
+            self.flush()
+        finally:
+            self.release()
+
+    def flush(self) -> None:
+        lines, self._lines = self._lines, []
+        if lines:
+            try:
+                self.stream.write("".join(lines))
+            except Exception:
+                # As logging does when a line cannot be written: say so, carry on.
+                if logging.raiseExceptions:
+                    traceback.print_exc(file=sys.stderr)
+        super().flush()
+
+    def close(self) -> None:
+        scheduled, self._scheduled = self._scheduled, None
+        if scheduled is not None:
+            scheduled.cancel()
+        self.flush()
+        super().close()

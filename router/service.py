@@ -18,6 +18,7 @@ from imesh.v1 import chat_pb2, chat_service_pb2, events_pb2
 from router.admission import Admitter, ConcurrencyLimiter, Ticket, admit_all
 from router.auth import ApiKeyAuth, Authenticator
 from router.breaker import BreakerState, CircuitBreaker
+from router.closer import Closer
 from router.config import Capability, MeshConfig
 from router.executor import Executor, Run
 from router.planner import Planner
@@ -75,6 +76,7 @@ class ChatRouter:
         self._admitters: tuple[Admitter, ...] = (self.limiter, *admitters)
         self._catalog = _catalog(config)
         self.recorder = Recorder(sinks, tracer)
+        self._closer = Closer()
         self._executor = Executor(
             self._backends,
             self.recorder,
@@ -127,6 +129,8 @@ class ChatRouter:
                 batch[0].start.rate_limit.CopyFrom(scope.rate_limit)
             while batch is not None:
                 yield batch
+                if run.final_sent:
+                    break  # the answer is complete: the rest is bookkeeping, deferred
                 batch = await run.next_batch()
             outcome = RequestOutcome.SUCCESS
         except MeshError as exc:
@@ -137,11 +141,33 @@ class ChatRouter:
             error = MeshError.of(Reason.INTERNAL, f"{type(exc).__name__}: {exc}")
             raise
         finally:
+            if run is not None and outcome is RequestOutcome.SUCCESS:
+                # The caller has its whole answer and asked for the end: it gets the end
+                # now, and the winner's stream is read out and settled right after.
+                self._after_answer(scope, run, ticket)
+            else:
+                try:
+                    if run is not None:
+                        await run.close()  # every attempt ended and recorded
+                finally:  # even when closing was cut short: the ticket must not leak
+                    self._settle(scope, ticket, outcome, error)  # settle
+
+    def _after_answer(self, scope: RequestScope, run: Run, ticket: Ticket | None) -> None:
+        """Ends a served request off the caller's path: the winner read to its end, every
+        attempt closed and recorded, then settled, once (also when the caller is
+        cancelled meanwhile: this runs in the closer's task, not the caller's)."""
+
+        async def close() -> None:
             try:
-                if run is not None:
-                    await run.close()  # every attempt ended and recorded
+                await run.finish()
             finally:  # even when closing was cut short: the ticket must not leak
-                self._settle(scope, ticket, outcome, error)  # settle
+                self._settle(scope, ticket, RequestOutcome.SUCCESS, None)  # settle
+
+        def abandon() -> None:
+            run.abandon()
+            self._settle(scope, ticket, RequestOutcome.SUCCESS, None)
+
+        self._closer.defer(close, abandon=abandon)
 
     def _settle(
         self,
@@ -183,8 +209,15 @@ class ChatRouter:
             info.breaker_state = self.breakers[info.name].state.to_proto()
         return response
 
+    async def settled(self) -> None:
+        """Waits until every request answered so far is settled (recorded, its ticket
+        settled): served requests settle right after their answer left."""
+        await self._closer.drain()
+
     async def aclose(self) -> None:
-        """Close every backend, even when one of them fails to close."""
+        """Settle every answered request, then close every backend, even when one of
+        them fails to close."""
+        await self._closer.drain()
         for name, backend in self._backends.items():
             try:
                 await backend.aclose()

@@ -202,13 +202,16 @@ def user_input(model: str, text: str = "hi", **fields: Any) -> chat_pb2.ChatInpu
 async def collect(
     mesh: Mesh, request: chat_pb2.ChatInput, ctx: CallContext | None = None
 ) -> tuple[list[events_pb2.ChatEvent], MeshError | None]:
-    """Every event of a stream, and the MeshError it raised (or None)."""
+    """Every event of a stream, and the MeshError it raised (or None), once the router
+    settled the request (a served request's records and settle follow its answer)."""
     events: list[events_pb2.ChatEvent] = []
     try:
         async for event in mesh.router.chat_stream(request, ctx or CallContext()):
             events.append(event)
     except MeshError as exc:
         return events, exc
+    finally:
+        await mesh.router.settled()
     return events, None
 
 

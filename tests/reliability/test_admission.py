@@ -90,6 +90,7 @@ async def test_over_the_limit_a_request_is_refused_at_once_with_retry_info() -> 
     assert len(mesh.calls()) == 2  # the refused request reached no backend
     for task in holding:
         await task
+    await mesh.router.settled()  # slots come back as requests settle, after their answers
     assert mesh.router.limiter.in_flight == 0
     _, error = await collect(mesh, user_input("dep-a"))  # room again
     assert error is None

@@ -423,6 +423,7 @@ async def test_a_scripted_scenario_moves_the_metrics_exactly() -> None:
         with contextlib.suppress(MeshError):
             async for _ in router.chat_batches(user_input(model), CallContext()):
                 held.append(registry.get_sample_value("imesh_router_in_flight_requests"))
+        await router.settled()  # a served request is recorded right after its answer
         return delta(before, snapshot(registry))
 
     try:

@@ -3,16 +3,26 @@ never the error's message (it may quote the prompt) unless content logging is on
 
 from __future__ import annotations
 
+import asyncio
+import decimal
+import io
 import json
 import logging
 import sys
+from typing import Any
 
 import pytest
 
 from imesh.errors import MeshError, Reason
 from imesh.v1 import events_pb2
 from router.recorder import RequestOutcome, RequestRecord
-from router.request_log import REQUEST_LOGGER, JsonFormatter, RequestLog
+from router.request_log import (
+    FIELDS,
+    REQUEST_LOGGER,
+    BufferedLineHandler,
+    JsonFormatter,
+    RequestLog,
+)
 from router.scope import Caller
 
 MARKER = "PLANTED-PROMPT-7f3a"
@@ -86,3 +96,79 @@ def test_json_lines_carry_exceptions_as_text() -> None:
     line = json.loads(JsonFormatter().format(entry))
     assert line["message"] == "failed now"
     assert "ValueError: boom" in line["exc_info"]
+
+
+class Writes(io.StringIO):
+    """A stream that counts its writes (each one a syscall on a real pipe)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def buffered(stream: Writes, **options: Any) -> logging.Logger:
+    handler = BufferedLineHandler(stream, **options)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(f"test.buffered.{id(stream)}")
+    logger.propagate = False
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+async def test_lines_logged_in_one_loop_turn_leave_in_one_write() -> None:
+    stream = Writes()
+    log = buffered(stream)
+    for k in range(5):
+        log.info("line %d", k)
+    assert stream.getvalue() == ""  # held until the turn is over
+    await asyncio.sleep(0.02)
+    assert stream.getvalue() == "".join(f"line {k}\n" for k in range(5))
+    assert stream.writes == 1
+
+
+async def test_a_warning_leaves_at_once_after_the_lines_held_before_it() -> None:
+    stream = Writes()
+    log = buffered(stream)
+    log.info("first")
+    log.warning("careful")
+    assert stream.getvalue() == "first\ncareful\n"
+    assert stream.writes == 1
+
+
+async def test_a_full_buffer_is_written_at_once() -> None:
+    stream = Writes()
+    log = buffered(stream, max_lines=3)
+    for k in range(4):
+        log.info("%d", k)
+    assert stream.getvalue() == "0\n1\n2\n"
+    await asyncio.sleep(0.02)
+    assert stream.getvalue() == "0\n1\n2\n3\n"
+
+
+def test_off_the_loop_a_line_is_written_at_once() -> None:
+    stream = Writes()
+    buffered(stream).info("no loop")
+    assert stream.getvalue() == "no loop\n"
+
+
+async def test_closing_writes_what_is_held() -> None:
+    stream = Writes()
+    log = buffered(stream)
+    log.info("held")
+    for handler in log.handlers:
+        handler.close()
+    assert stream.getvalue() == "held\n"
+    await asyncio.sleep(0.02)
+    assert stream.getvalue() == "held\n"  # the cancelled flush wrote nothing twice
+
+
+def test_values_json_cannot_hold_are_written_as_text() -> None:
+    entry = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+    setattr(entry, FIELDS, {"reason": Reason.OVERLOADED, "at": decimal.Decimal("1.5")})
+    line = json.loads(JsonFormatter().format(entry))
+    assert (line["reason"], line["at"]) == (str(Reason.OVERLOADED), "1.5")

@@ -124,6 +124,7 @@ async def test_reservations_settle_to_the_real_usage(mesh: tuple[ChatRouter, Ten
     # Reserves the prompt estimate + 60 tokens; spends far less, so the next one fits.
     for _ in range(2):
         await router.chat(ask("fast", max_tokens=60), CallContext(api_key=key_a))
+        await router.settled()  # the router settles right after the answer
         await tenancy.admitter.settled()  # settlements run in the background
     assert tenancy.admitter.in_flight == 0
     refused = await refusal(router, ask("fast", max_tokens=100), key_a)
@@ -144,6 +145,7 @@ async def test_every_attempt_is_one_usage_event_for_the_callers_tenant(
     ):
         answer = await router.chat(ask(model), CallContext(api_key=key))
         spent[tenant] += answer.usage.cost_micros
+    await router.settled()  # each request's usage is settled right after its answer
     today = dt.datetime.now(dt.UTC).date()
     rows: dict[str, Any] = {t: await tenancy.usage.usage(t, today, today) for t in spent}
     assert [(r.model, r.attempts) for r in rows["team-a"]] == [("fast", 2)]
@@ -167,4 +169,5 @@ async def test_under_overload_the_lowest_priority_is_shed_first(
         await router.chat(ask("fast"), CallContext(api_key=key_b))  # protected: admitted
     finally:
         await stream.aclose()
+    await router.settled()  # its slot comes back as it settles, right after its answer
     await router.chat(ask("fast"), CallContext(api_key=key_a))  # load gone: admitted again
