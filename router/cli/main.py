@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from router.cli import adapter, bench, chat, gateway, keys, models, pool, replica_agent, up, usage
+from router.request_log import BufferedLineHandler, JsonFormatter
 
 DESCRIPTION = """\
 inference-mesh: a gRPC-native LLM inference mesh.
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands that talk to a mesh print their own results; only their warnings are logged.
 _QUIET_COMMANDS = frozenset({"chat", "models", "bench", "keys", "usage"})
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# How long an INFO line logged on the event loop may wait to be written with others.
+LOG_DELAY_S = 0.05
 
 
 def configure_logging(command: str) -> None:
@@ -59,10 +62,10 @@ def configure_logging(command: str) -> None:
     if level not in logging.getLevelNamesMapping():
         print(f"IMESH_LOG_LEVEL: unknown level {level!r}, using {default}", file=sys.stderr)
         level = default
-    handler = logging.StreamHandler(sys.stderr)
+    # One write per batch of lines, not per line: a service logs a line per request, and
+    # each write wakes the log reader (router.request_log.BufferedLineHandler).
+    handler = BufferedLineHandler(sys.stderr, delay_s=LOG_DELAY_S)
     if _log_format() == "json":
-        from router.request_log import JsonFormatter
-
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
