@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from functools import cache
 
 import httpx
-from httpx_aiohttp import AiohttpTransport
 from opentelemetry import propagate, trace
 
+from adapters.aiohttp_transport import PreparedAiohttpTransport
 from adapters.config import HttpProviderConfig
 
 _USER_AGENT = "inference-mesh"
@@ -131,7 +131,7 @@ def build_transport(config: HttpProviderConfig) -> httpx.AsyncBaseTransport:
         return httpx.AsyncHTTPTransport(
             verify=_tls_context(), limits=limits, http2=True, proxy=proxy
         )
-    return AiohttpTransport(verify=_tls_context(), limits=limits, proxy=proxy)
+    return PreparedAiohttpTransport(verify=_tls_context(), limits=limits, proxy=proxy)
 
 
 def proxy_for(base_url: str, setting: str) -> str | None:
