@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import orjson
 
 from adapters.anthropic_translate import AnthropicStreamTranslator, build_messages_body
 from adapters.backend import Batch
@@ -42,6 +43,9 @@ class AnthropicMessagesBackend(HttpBackend):
         )
 
     async def whole_answer(
-        self, answer: dict[str, object], request: adapter_service_pb2.GenerateRequest
+        self, body: bytes, request: adapter_service_pb2.GenerateRequest
     ) -> Batch:
+        answer = orjson.loads(body)
+        if not isinstance(answer, dict):
+            raise TypeError("the answer is not an object")
         return await self.translator(request).whole(answer)

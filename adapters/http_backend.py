@@ -21,7 +21,6 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 
 import httpx
-import orjson
 
 from adapters.backend import Backend, Batch
 from adapters.config import HttpProviderConfig
@@ -93,9 +92,10 @@ class HttpBackend(Backend):
         """A fresh translator for one streaming call."""
 
     async def whole_answer(
-        self, answer: dict[str, object], request: adapter_service_pb2.GenerateRequest
+        self, body: bytes, request: adapter_service_pb2.GenerateRequest
     ) -> Batch:
-        """The events of a whole non-streaming answer (kinds that support one)."""
+        """The events of a whole non-streaming answer, from its body (kinds that support
+        one). A body of the wrong shape raises one of MALFORMED."""
         raise NotImplementedError
 
     async def chat(
@@ -220,10 +220,7 @@ class HttpBackend(Backend):
         except httpx.HTTPError as exc:
             raise self._read_failed(exc) from None
         try:
-            answer = orjson.loads(body)
-            if not isinstance(answer, dict):
-                raise TypeError("the answer is not an object")
-            return await self.whole_answer(answer, request)
+            return await self.whole_answer(body, request)
         except MALFORMED:
             raise upstream_malformed(self.provider) from None
 

@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from functools import cache
 
 import httpx
-from httpx_aiohttp import AiohttpTransport
 from opentelemetry import propagate, trace
 
+from adapters.aiohttp_transport import PreparedAiohttpTransport
 from adapters.config import HttpProviderConfig
 
 _USER_AGENT = "inference-mesh"
@@ -55,7 +55,9 @@ class ProviderHttp:
             connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=timeouts.pool
         ).as_dict()
         self._read = timeouts.read
-        self._urls: dict[str, httpx.URL] = {}
+        # (path, per-call headers) -> the URL and every header but the body's length: the
+        # same for every call of a kind, so built once (a handful of keys per provider).
+        self._heads: dict[object, tuple[httpx.URL, httpx.Headers]] = {}
         # W3C traceparent to the provider (or vLLM) while tracing is on; nothing when off.
         self._traced = _tracing()
 
@@ -70,22 +72,39 @@ class ProviderHttp:
         """A POST of `body` to the base URL + `path`. `read_timeout` stretches the read
         timeout for this call when longer (a non-streaming answer is one long silence;
         `math.inf`: keep the configured one)."""
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = httpx.URL(self.base_url + path)
-        all_headers = self.headers
-        if headers or self._traced:
-            all_headers = all_headers.copy()
-            if headers:
-                all_headers.update(headers)
-            if self._traced:
-                propagate.inject(all_headers)  # the current span: the call's attempt
+        key = (path, tuple(headers.items())) if headers else path
+        head = self._heads.get(key)
+        if head is None:
+            head = self._heads[key] = self._head(path, headers)
+        url, all_headers = head
+        all_headers = all_headers.copy()
+        all_headers["content-length"] = str(len(body))
+        if self._traced:
+            propagate.inject(all_headers)  # the current span: the call's attempt
         timeout = self.timeout
         if read_timeout is not None and self._read < read_timeout < math.inf:
             timeout = {**timeout, "read": read_timeout}
-        return httpx.Request(
-            "POST", url, headers=all_headers, content=body, extensions={"timeout": timeout}
+        # `stream=` takes the headers as given (Host and Content-Length are in them):
+        # `content=` would rebuild them all per call.
+        request = httpx.Request(
+            "POST",
+            url,
+            headers=all_headers,
+            stream=httpx.ByteStream(body),
+            extensions={"timeout": timeout},
         )
+        request.read()
+        return request
+
+    def _head(
+        self, path: str, headers: Mapping[str, str] | None
+    ) -> tuple[httpx.URL, httpx.Headers]:
+        url = httpx.URL(self.base_url + path)
+        head = httpx.Headers({"host": url.netloc.decode("ascii")})
+        head.update(self.headers)
+        if headers:
+            head.update(headers)
+        return url, head
 
     async def send(self, request: httpx.Request) -> httpx.Response:
         """The response once its status line and headers came; the body streams."""
@@ -112,7 +131,7 @@ def build_transport(config: HttpProviderConfig) -> httpx.AsyncBaseTransport:
         return httpx.AsyncHTTPTransport(
             verify=_tls_context(), limits=limits, http2=True, proxy=proxy
         )
-    return AiohttpTransport(verify=_tls_context(), limits=limits, proxy=proxy)
+    return PreparedAiohttpTransport(verify=_tls_context(), limits=limits, proxy=proxy)
 
 
 def proxy_for(base_url: str, setting: str) -> str | None:

@@ -18,10 +18,13 @@ class JsonBody:
     """
 
     def __init__(self) -> None:
-        self._nonce = secrets.token_hex(8)
+        # Drawn at the first fragment: most bodies have none, and drawing costs a syscall.
+        self._nonce = ""
         self._fragments: list[str] = []
 
     def raw(self, json_text: str) -> str:
+        if not self._nonce:
+            self._nonce = secrets.token_hex(8)
         placeholder = f"\0{self._nonce}:{len(self._fragments)}\0"
         self._fragments.append(json_text.strip())
         return placeholder

@@ -40,9 +40,9 @@ class OpenAIStyleBackend(HttpBackend):
         )
 
     async def whole_answer(
-        self, answer: dict[str, object], request: adapter_service_pb2.GenerateRequest
+        self, body: bytes, request: adapter_service_pb2.GenerateRequest
     ) -> Batch:
-        return await events_from_completion(answer, request.input, self._counter)
+        return await events_from_completion(body, request.input, self._counter)
 
 
 class OpenAIChatBackend(OpenAIStyleBackend):

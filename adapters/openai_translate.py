@@ -8,7 +8,13 @@ from typing import Any
 
 from adapters.http_errors import error_from_stream_event
 from adapters.json_body import JsonBody
-from adapters.openai_chunks import Choice, decode_chunk
+from adapters.openai_chunks import (
+    Choice,
+    ToolCallDelta,
+    WholeChoice,
+    decode_chunk,
+    decode_completion,
+)
 from adapters.sse import SSEEvent
 from adapters.stream_translator import TranslatorState, content_event, tool_call_event
 from adapters.token_estimate import TokenCounter
@@ -34,6 +40,8 @@ _DETAIL = {
     chat_pb2.IMAGE_DETAIL_LOW: "low",
     chat_pb2.IMAGE_DETAIL_HIGH: "high",
 }
+# A whole answer without choices: no output, only its usage and a finish.
+_NO_CHOICE = WholeChoice()
 _TOOL_CHOICE = {
     chat_pb2.TOOL_CHOICE_MODE_AUTO: "auto",
     chat_pb2.TOOL_CHOICE_MODE_NONE: "none",
@@ -179,38 +187,39 @@ class OpenAIStreamTranslator(TranslatorState):
 
 
 async def events_from_completion(
-    answer: dict[str, Any], chat: chat_pb2.ChatInput, counter: TokenCounter
+    body: bytes, chat: chat_pb2.ChatInput, counter: TokenCounter
 ) -> list[events_pb2.ChatEvent]:
-    """A whole `chat.completion` object (non-streaming call) as the same event sequence."""
-    choices = answer.get("choices") or [{}]
-    choice = choices[0]
-    message = choice.get("message") or {}
+    """A whole `chat.completion` body (non-streaming call) as the same event sequence,
+    decoded and translated in one pass (raises a MALFORMED error for a body of the wrong
+    shape)."""
+    answer = decode_completion(body)
+    choice = answer.choices[0] if answer.choices else _NO_CHOICE
+    message = choice.message
     out: list[events_pb2.ChatEvent] = []
     seen: list[str] = []
-    for key in ("content", "refusal"):
-        text = message.get(key)
-        if text:
-            seen.append(text)
-            out.append(events_pb2.ChatEvent(content=events_pb2.ContentDelta(text=text)))
-    calls = message.get("tool_calls") or ()
-    for index, call in enumerate(calls):
-        function = call.get("function") or {}
-        piece = events_pb2.ToolCallDelta(
-            index=index,
-            id=call.get("id") or "",
-            name=function.get("name") or "",
-            arguments_delta=function.get("arguments") or "",
-        )
-        seen.extend((piece.name, piece.arguments_delta))
-        out.append(events_pb2.ChatEvent(tool_call=piece))
-    usage = answer.get("usage")
+    calls: Sequence[ToolCallDelta] = ()
+    if message is not None:
+        for text in (message.content, message.refusal):
+            if text:
+                seen.append(text)
+                out.append(content_event(text))
+        calls = message.tool_calls or ()
+        for index, call in enumerate(calls):
+            function = call.function
+            name = (function.name if function else None) or ""
+            arguments = (function.arguments if function else None) or ""
+            seen.extend((name, arguments))
+            out.append(
+                tool_call_event(index, id=call.id or "", name=name, arguments_delta=arguments)
+            )
+    usage = answer.usage
     out.append(
         events_pb2.ChatEvent(
             usage=usage_from_openai(usage) if usage else await counter.estimate(chat, seen)
         )
     )
     default = events_pb2.FINISH_REASON_TOOL_CALLS if calls else events_pb2.FINISH_REASON_STOP
-    reason = FINISH_REASONS.get(choice.get("finish_reason") or "", default)
+    reason = FINISH_REASONS.get(choice.finish_reason or "", default)
     out.append(events_pb2.ChatEvent(finish=events_pb2.Finish(reason=reason)))
     return out
 

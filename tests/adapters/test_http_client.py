@@ -7,6 +7,7 @@ import httpx
 import pytest
 from httpx_aiohttp import AiohttpTransport
 
+from adapters.aiohttp_transport import PreparedAiohttpTransport
 from adapters.config import HttpTimeouts, OpenAICompatibleConfig
 from adapters.http_client import ProviderHttp, proxy_for
 from tests.adapters.fakes.server import Reply, running_fake
@@ -33,10 +34,31 @@ async def test_requests_carry_the_timeouts_headers_and_url() -> None:
         await http.aclose()
 
 
+async def test_a_request_is_built_whole_and_per_call_headers_stay_with_their_call() -> None:
+    http = ProviderHttp(_config(), headers={"authorization": "Bearer k"})
+    try:
+        sse = http.request("/chat/completions", b'{"a":1}', headers={"accept": "text/event-stream"})
+        plain = http.request("/chat/completions", b"{}")
+        other = http.request("/messages", b"[1, 2]")
+        assert sse.content == b'{"a":1}'
+        assert sse.headers["content-length"] == "7"
+        assert sse.headers["host"] == "api.example.com"
+        assert sse.headers["accept"] == "text/event-stream"
+        assert plain.headers["accept"] == "*/*"
+        assert plain.headers["content-length"] == "2"
+        assert plain.headers["authorization"] == "Bearer k"
+        assert str(other.url) == "https://api.example.com/v1/messages"
+        assert other.headers["content-length"] == "6"
+        assert len(sse.headers.get_list("content-length")) == 1
+    finally:
+        await http.aclose()
+
+
 async def test_http1_providers_use_aiohttp_and_http2_ones_httpx_own_transport() -> None:
     http1 = ProviderHttp(_config(max_connections=7), headers={})
     http2 = ProviderHttp(_config(http2=True, max_connections=7), headers={})
     try:
+        assert isinstance(http1.transport, PreparedAiohttpTransport)
         assert isinstance(http1.transport, AiohttpTransport)
         assert http1.transport.limits.max_connections == 7
         assert isinstance(http2.transport, httpx.AsyncHTTPTransport)

@@ -15,8 +15,9 @@ import pytest
 from adapters.config import OpenAIConfig
 from adapters.deadline import NO_DEADLINE, Deadline
 from adapters.openai_chat import OpenAIChatBackend
-from adapters.openai_translate import OpenAIStreamTranslator
+from adapters.openai_translate import OpenAIStreamTranslator, events_from_completion
 from adapters.sse import SSEEvent
+from adapters.stream_translator import MALFORMED
 from adapters.token_estimate import TokenCounter
 from imesh.errors import Reason
 from imesh.v1 import chat_pb2, events_pb2
@@ -544,3 +545,65 @@ async def test_a_cut_after_output_names_its_cause(fake: FakeProvider, make: Make
     assert error is not None
     assert error.reason == "UPSTREAM_INTERRUPTED"
     assert error.metadata["cause"] == "UPSTREAM_UNAVAILABLE"
+
+
+async def test_a_whole_completion_gives_text_refusal_usage_and_finish_in_order() -> None:
+    body = (
+        b'{"id": "c1", "object": "chat.completion", "choices": [{"index": 0, "message":'
+        b' {"role": "assistant", "content": "Hi", "refusal": "no more", "extra": 1},'
+        b' "finish_reason": "length", "logprobs": null}], "usage": {"prompt_tokens": 9,'
+        b' "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 2},'
+        b' "completion_tokens_details": {"reasoning_tokens": 1}}}'
+    )
+    events = await events_from_completion(body, generate().input, TokenCounter("o200k_base"))
+    assert kinds(events) == ["content", "content", "usage", "finish"]
+    assert text_of(events) == "Hino more"
+    assert usages(events) == [
+        events_pb2.Usage(prompt_tokens=9, completion_tokens=4, cached_tokens=2, reasoning_tokens=1)
+    ]
+    assert finish_of(events) == events_pb2.FINISH_REASON_LENGTH
+
+
+async def test_whole_tool_calls_are_indexed_in_order_and_finish_as_tool_calls() -> None:
+    body = (
+        b'{"choices": [{"message": {"content": null, "tool_calls": ['
+        b'{"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}},'
+        b'{"function": {"name": "g"}}]}}], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}'
+    )
+    events = await events_from_completion(body, generate().input, TokenCounter("o200k_base"))
+    assert tool_calls(events) == {
+        0: {"id": "a", "name": "f", "arguments": "{}"},
+        1: {"id": "", "name": "g", "arguments": ""},
+    }
+    assert finish_of(events) == events_pb2.FINISH_REASON_TOOL_CALLS
+
+
+@pytest.mark.parametrize("body", [b"{}", b'{"choices": []}', b'{"choices": [{}], "usage": null}'])
+async def test_a_whole_completion_without_output_or_usage_is_an_estimate_and_a_stop(
+    body: bytes,
+) -> None:
+    events = await events_from_completion(body, generate().input, TokenCounter("o200k_base"))
+    assert kinds(events) == ["usage", "finish"]
+    (usage,) = usages(events)
+    assert usage.estimated
+    assert usage.prompt_tokens > 0
+    assert finish_of(events) == events_pb2.FINISH_REASON_STOP
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html>502</html>",
+        b"[1, 2]",
+        b'"text"',
+        b'{"choices": [null]}',
+        b'{"choices": {"0": {}}}',
+        b'{"choices": [{"message": {"content": ["Hi"]}}]}',
+        b'{"choices": [{"message": {"tool_calls": [{"function": {"arguments": {}}}]}}]}',
+        b'{"choices": [{"finish_reason": 3}]}',
+        b'{"usage": [3]}',
+    ],
+)
+async def test_a_whole_completion_of_the_wrong_shape_raises_malformed(body: bytes) -> None:
+    with pytest.raises(MALFORMED):
+        await events_from_completion(body, generate().input, TokenCounter("o200k_base"))
