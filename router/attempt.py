@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -92,11 +92,21 @@ class Attempt:
         self._recorder = recorder
         self._on_ready = on_ready
         self._timer = ReadTimer(None)
-        self._attempt_deadline = min(Deadline(self.started_at + timeouts.attempt), scope.deadline)
-        self._first_token_at = (
-            NO_DEADLINE if self.whole else Deadline(self.started_at + timeouts.first_token)
-        )
-        self._first_deadline = min(self._first_token_at, self._attempt_deadline)
+        # min() of Deadlines, on their floats (the earlier one; the attempt's own on a tie).
+        deadline = scope.deadline
+        attempt_at = self.started_at + timeouts.attempt
+        self._attempt_deadline = deadline if deadline.at < attempt_at else Deadline(attempt_at)
+        if self.whole:
+            self._first_token_at = NO_DEADLINE
+            self._first_deadline = self._attempt_deadline
+        else:
+            first_at = self.started_at + timeouts.first_token
+            self._first_token_at = Deadline(first_at)
+            self._first_deadline = (
+                self._attempt_deadline
+                if self._attempt_deadline.at < first_at
+                else self._first_token_at
+            )
         self._stream: AsyncIterator[Batch] | None = None
         self._handed_over: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -127,12 +137,20 @@ class Attempt:
         task = self._task
         return task if task is not None and not task.done() else None
 
-    async def open(self) -> None:
-        """Runs the opening in the caller's task; returns once the attempt can win
-        (`has_output`) or has failed (`error`, recorded). A cancelled caller closes the
-        stream and records the attempt before the cancellation propagates."""
+    @property
+    def over(self) -> bool:
+        """Recorded, its stream closed and no task left running: `close()` has nothing
+        to do."""
+        task = self._task
+        return self.record is not None and self._stream is None and (task is None or task.done())
+
+    def open(self) -> Awaitable[None]:
+        """Runs the opening in the caller's task (await it); done once the attempt can
+        win (`has_output`) or has failed (`error`, recorded). A cancelled caller closes
+        the stream and records the attempt before the cancellation propagates. (A plain
+        function returning the opening's coroutine: one frame less on every resume.)"""
         self._recorder.begin(self)
-        await self._open()
+        return self._open()
 
     def start(self) -> None:
         self._recorder.begin(self)
@@ -162,7 +180,8 @@ class Attempt:
         stream = self._stream
         while self.record is None and stream is not None:
             try:
-                batch = await self._next(stream)
+                with self._timer:  # StopAsyncIteration at the end, TimeoutError past the limit
+                    batch = await anext(stream)
             except StopAsyncIteration:
                 await self._end(None)
                 return None
@@ -183,7 +202,8 @@ class Attempt:
         if self._task is not None and not self._task.done():
             self._task.cancel()
             await asyncio.wait([self._task])
-        await self._abandon()
+        if not self.over:
+            await self._abandon()
 
     def abandon(self) -> None:
         """`close()` without waiting: records the attempt (cancelled, unless it ended) and
@@ -224,8 +244,11 @@ class Attempt:
             # Inside the try: a backend may refuse before returning a stream, and that must
             # end the attempt (record, signal) like any failure.
             stream = self._stream = self._backend.chat(generate, self.scope.deadline)
+            timer = self._timer
             while True:
-                out = self._take(await self._next(stream))
+                with timer:  # StopAsyncIteration at the end, TimeoutError past the limit
+                    batch = await anext(stream)
+                out = self._take(batch)
                 if out:
                     break
         except StopAsyncIteration:
@@ -239,12 +262,8 @@ class Attempt:
         else:
             self.first_output_at = time.monotonic()
             self.first_output = out
-            self._timer.reschedule(self._attempt_deadline.loop_at())
-
-    async def _next(self, stream: AsyncIterator[Batch]) -> Batch:
-        """The next batch; StopAsyncIteration at the end, TimeoutError past the limit."""
-        with self._timer:
-            return await anext(stream)
+            if self._attempt_deadline is not self._first_deadline:  # else armed already
+                self._timer.reschedule(self._attempt_deadline.loop_at())
 
     def _take(self, batch: Batch) -> Batch:
         """Keeps the bookkeeping of one batch; returns its output events."""

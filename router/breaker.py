@@ -30,6 +30,10 @@ class BreakerState(enum.Enum):
         return _PROTO_STATES[self]
 
 
+_CLOSED = BreakerState.CLOSED
+_OPEN = BreakerState.OPEN
+_HALF_OPEN = BreakerState.HALF_OPEN
+
 _PROTO_STATES = {
     BreakerState.CLOSED: chat_service_pb2.BREAKER_STATE_CLOSED,
     BreakerState.OPEN: chat_service_pb2.BREAKER_STATE_OPEN,
@@ -83,6 +87,9 @@ class CircuitBreaker:
         self._epochs = [_NEVER] * WINDOW_BUCKETS
         self._ok = [0] * WINDOW_BUCKETS
         self._failed = [0] * WINDOW_BUCKETS
+        # The permit of every call admitted while closed in this generation (immutable,
+        # so one is shared rather than one built per call).
+        self._closed_permit = Permit(False, 0)
         # State changes so far, by (left, entered): metrics read it at scrape time.
         self.transitions: collections.Counter[tuple[BreakerState, BreakerState]] = (
             collections.Counter()
@@ -94,14 +101,21 @@ class CircuitBreaker:
 
     @property
     def state(self) -> BreakerState:
+        state = self._state
+        if state is not _OPEN:  # only an open breaker changes state by itself (lazily)
+            return state
         return self._refresh(self._clock())
 
     def available(self) -> bool:
         now = self._clock()
+        if self._state is _CLOSED:
+            return now >= self._cooling_until
         return self._admits(self._refresh(now), now)
 
     def try_acquire(self) -> Permit | None:
         now = self._clock()
+        if self._state is _CLOSED:
+            return self._closed_permit if now >= self._cooling_until else None
         state = self._refresh(now)
         if not self._admits(state, now):
             return None
@@ -112,13 +126,15 @@ class CircuitBreaker:
 
     def record_success(self, permit: Permit) -> None:
         now = self._clock()
-        state = self._refresh(now)
+        state = self._state
+        if state is _OPEN:
+            state = self._refresh(now)
         if permit.generation != self._generation:
             return
-        if state is BreakerState.HALF_OPEN:
+        if state is _HALF_OPEN:
             if permit.probe:
                 self._close()
-        elif state is BreakerState.CLOSED:
+        elif state is _CLOSED:
             self._consecutive = 0
             self._count(now, failed=False)
 
@@ -132,7 +148,8 @@ class CircuitBreaker:
                 self._open(now)
         elif state is BreakerState.CLOSED:
             self._consecutive += 1
-            ok, failed = self._count(now, failed=True)
+            self._count(now, failed=True)
+            ok, failed = self._totals(now)
             total = ok + failed
             if self._consecutive >= self._config.consecutive_failures or (
                 total >= self._config.min_requests and failed / total >= self._config.failure_rate
@@ -140,6 +157,8 @@ class CircuitBreaker:
                 self._open(now)
 
     def release(self, permit: Permit) -> None:
+        if not permit.probe:  # only a probe's permit holds anything to give back
+            return
         state = self._refresh(self._clock())
         if (
             permit.probe
@@ -191,6 +210,7 @@ class CircuitBreaker:
         self._opened_at = now
         self._probes = 0
         self._generation += 1
+        self._closed_permit = Permit(False, self._generation)
 
     def _close(self) -> None:
         self._enter(BreakerState.CLOSED)
@@ -201,8 +221,8 @@ class CircuitBreaker:
         self._ok = [0] * WINDOW_BUCKETS
         self._failed = [0] * WINDOW_BUCKETS
 
-    def _count(self, now: float, *, failed: bool) -> tuple[int, int]:
-        """Add one verdict to the window; return the window's (successes, failures)."""
+    def _count(self, now: float, *, failed: bool) -> None:
+        """Add one verdict to the window."""
         epoch = math.floor(now / self._bucket_s)
         i = epoch % WINDOW_BUCKETS
         if self._epochs[i] != epoch:
@@ -213,7 +233,10 @@ class CircuitBreaker:
             self._failed[i] += 1
         else:
             self._ok[i] += 1
-        oldest = epoch - WINDOW_BUCKETS
+
+    def _totals(self, now: float) -> tuple[int, int]:
+        """The window's (successes, failures)."""
+        oldest = math.floor(now / self._bucket_s) - WINDOW_BUCKETS
         ok = total_failed = 0
         for j in range(WINDOW_BUCKETS):
             if self._epochs[j] > oldest:

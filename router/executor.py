@@ -164,17 +164,20 @@ class Run:
 
     async def close(self) -> None:
         attempts = self._scope.attempts
-        for attempt in attempts:
-            if attempt is not self._winner:
-                attempt.cancel()
         interrupted: BaseException | None = None
-        pending = [t for a in attempts if (t := a.running_task) is not None]
-        if pending:
-            try:
-                await asyncio.wait(pending)
-            except BaseException as exc:  # a second cancel: still close every attempt
-                interrupted = exc
+        if self._racing:  # else no attempt has a task of its own
+            for attempt in attempts:
+                if attempt is not self._winner:
+                    attempt.cancel()
+            pending = [t for a in attempts if (t := a.running_task) is not None]
+            if pending:
+                try:
+                    await asyncio.wait(pending)
+                except BaseException as exc:  # a second cancel: still close every attempt
+                    interrupted = exc
         for attempt in attempts:
+            if attempt.over:
+                continue  # ended, recorded and closed: nothing to wait for
             try:
                 await attempt.close()
             except BaseException as exc:  # each attempt is closed whatever another did
@@ -189,7 +192,7 @@ class Run:
         the first-token and attempt limits and the request's deadline, so nothing else
         needs a timer here."""
         while True:
-            attempt = await self._start_primary()
+            attempt = self._first_primary() or await self._start_primary()
             await attempt.open()
             self._live.remove(attempt)
             if attempt.has_output:
@@ -197,7 +200,8 @@ class Run:
             self._after_failure(attempt)
 
     async def _race(self) -> Attempt:
-        await self._start_primary()
+        if self._first_primary() is None:
+            await self._start_primary()
         ready = self._ready
         assert ready is not None
         deadline = self._scope.deadline
@@ -234,6 +238,26 @@ class Run:
         if verdict.exclude:
             # Wrong credentials or model on this deployment: the others may serve it.
             self._excluded.add(attempt.deployment)
+
+    def _first_primary(self) -> Attempt | None:
+        """The request's first attempt, launched without a coroutine (nothing was tried,
+        so nothing to back off from); None when it is not the first or its breaker
+        refused the permit (then `_start_primary` carries on). Raises as it would."""
+        if self._primaries or self._tried:
+            return None
+        plan = self._plan
+        if self._scope.deadline.expired():
+            raise self._deadline_error()
+        if plan.retry.max_attempts <= 0:
+            raise self._final_error()
+        candidate = self._pick(0)
+        if candidate is None:
+            raise self._final_error()
+        self._cursor = plan.candidates.index(candidate) + 1
+        attempt = self._launch(candidate, AttemptKind.PRIMARY)
+        if attempt is not None:
+            self._primaries += 1
+        return attempt
 
     async def _start_primary(self) -> Attempt:
         """Launches the next primary (a retry after its backoff, or a fallback); raises
@@ -288,14 +312,18 @@ class Run:
         """The first candidate from `start` (wrapping) that is not excluded, not running,
         below its concurrency limit, and whose breaker admits calls now."""
         candidates = self._plan.candidates
-        busy = {a.deployment for a in self._live}
+        live = self._live
+        busy = {a.candidate.name for a in live} if live else ()
+        excluded = self._excluded
         n = len(candidates)
         for k in range(n):
             c = candidates[(start + k) % n]
-            if c.name in self._excluded or c.name in busy or not c.breaker.available():
+            name = c.name
+            if name in excluded or name in busy or not c.breaker.available():
                 continue
-            if c.full:
-                self._full.add(c.name)
+            limit = c.max_in_flight
+            if limit is not None and c.stats.in_flight >= limit:  # c.full
+                self._full.add(name)
                 continue
             return c
         return None

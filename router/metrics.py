@@ -103,20 +103,40 @@ class RouterMetrics(Collector):
     # -- the sink --------------------------------------------------------------------
 
     def record_attempt(self, record: AttemptRecord) -> None:
-        model = self._model(record.model)
-        deployment = self._deployment(record.deployment)
-        spent = (model, deployment, *self._tenant_values(record.caller.tenant))
-        usage = record.usage
+        # Hot path (once per attempt): label values are read as plain attributes
+        # (`_value_`, not the `value` descriptor) and counts bumped inline.
+        model = record.model
+        if model not in self._models:
+            model = UNKNOWN
+        deployment = record.deployment
+        if deployment not in self._deployments:
+            deployment = UNKNOWN
         kind = record.kind
-        _add(self._attempts, (deployment, kind.value, record.outcome.value))
-        if usage.prompt_tokens:
-            _add(self._tokens, (*spent, "input"), usage.prompt_tokens)
-        if usage.completion_tokens:
-            _add(self._tokens, (*spent, "output"), usage.completion_tokens)
-        if usage.cached_tokens:
-            _add(self._tokens, (*spent, "cached"), usage.cached_tokens)
-        if usage.cost_micros:
-            _add(self._cost, spent, usage.cost_micros / MICROS_PER_DOLLAR)
+        key: tuple[str, ...] = (deployment, kind._value_, record.outcome._value_)
+        counts = self._attempts
+        counts[key] = counts.get(key, 0) + 1
+        usage = record.usage
+        prompt, completion, cached = (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cached_tokens,
+        )
+        cost = usage.cost_micros
+        if prompt or completion or cached or cost:
+            if self._tenant_label:
+                spent: tuple[str, ...] = (model, deployment, record.caller.tenant or NONE)
+            else:
+                spent = (model, deployment)
+            if prompt:
+                _add(self._tokens, (*spent, "input"), prompt)
+            if completion:
+                _add(self._tokens, (*spent, "output"), completion)
+            if cached:
+                _add(self._tokens, (*spent, "cached"), cached)
+            if cost:
+                _add(self._cost, spent, cost / MICROS_PER_DOLLAR)
+        if kind is AttemptKind.PRIMARY:
+            return
         if kind is AttemptKind.RETRY:
             _add(self._retries, (model, deployment))
         elif kind is AttemptKind.FALLBACK:
@@ -127,11 +147,19 @@ class RouterMetrics(Collector):
                 _add(self._hedges, (model, deployment, "won"))
 
     def record_request(self, record: RequestRecord) -> None:
-        model = self._model(record.model)
-        deployment = NONE if record.deployment is None else self._deployment(record.deployment)
-        tenant = self._tenant_values(record.caller.tenant)
+        model = record.model
+        if model not in self._models:
+            model = UNKNOWN
+        deployment = record.deployment
+        if deployment is None:
+            deployment = NONE
+        elif deployment not in self._deployments:
+            deployment = UNKNOWN
+        tenant: tuple[str, ...] = (record.caller.tenant or NONE,) if self._tenant_label else ()
         outcome = record.outcome
-        _add(self._requests, (model, deployment, *tenant, outcome.value))
+        key = (model, deployment, *tenant, outcome._value_)
+        counts = self._requests
+        counts[key] = counts.get(key, 0) + 1
         reason = record.reason
         if reason is not None and outcome is RequestOutcome.FAILURE:
             fault = classify(record.error).fault.value if record.error is not None else "mesh"
@@ -277,19 +305,6 @@ class RouterMetrics(Collector):
         """Expose Redis health as tenancy met it and each tenant's remaining share of its
         limits after its latest admission, read at scrape time."""
         self.registry.register(_TenancyState(limiter, admitter, tenant_label=self._tenant_label))
-
-    # -- helpers ---------------------------------------------------------------------
-
-    def _model(self, model: str) -> str:
-        return model if model in self._models else UNKNOWN
-
-    def _deployment(self, deployment: str) -> str:
-        return deployment if deployment in self._deployments else UNKNOWN
-
-    def _tenant_values(self, tenant: str | None) -> tuple[str, ...]:
-        if not self._tenant_label:
-            return ()
-        return (tenant or NONE,)
 
 
 _STATES: tuple[BreakerState, ...] = tuple(BreakerState)

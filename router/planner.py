@@ -13,7 +13,7 @@ from router.breaker import BreakerState, CircuitBreaker
 from router.candidate import Candidate
 from router.config import Capability, Deployment, HedgeConfig, MeshConfig, RetryConfig
 from router.policies import POLICY_NAMES, Policy, build_policies
-from router.pricing import estimate_cost_micros
+from router.pricing import Rates, estimate_cost_micros
 from router.stats import DeploymentStats, StatsRegistry
 
 # How many known names a MODEL_NOT_FOUND message lists.
@@ -38,12 +38,35 @@ class Plan:
     policy: str = "priority"
 
 
-@dataclass(frozen=True, slots=True)
 class _Member:
-    deployment: Deployment
-    breaker: CircuitBreaker
-    stats: DeploymentStats
-    max_in_flight: int | None
+    """One deployment as planning reads it: what its config says, converted once."""
+
+    __slots__ = (
+        "breaker",
+        "capabilities",
+        "context_window",
+        "deployment",
+        "max_in_flight",
+        "max_output_tokens",
+        "rates",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        breaker: CircuitBreaker,
+        stats: DeploymentStats,
+        max_in_flight: int | None,
+    ) -> None:
+        self.deployment = deployment
+        self.breaker = breaker
+        self.stats = stats
+        self.max_in_flight = max_in_flight
+        self.rates = Rates(deployment.price)
+        self.capabilities = deployment.capabilities
+        self.context_window = deployment.context_window
+        self.max_output_tokens = deployment.max_output_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +155,10 @@ class Planner:
         if prompt_tokens is None:
             prompt_tokens = estimate_prompt_tokens(request)
         capable = self._capable(route.members, request, prompt_tokens)
-        candidates = [c for c in capable if c.breaker.available()]
+        candidates: list[Candidate] = []
+        for c in capable:
+            if c.breaker.available():
+                candidates.append(c)
         if not candidates:
             raise unavailable_error(request.model, capable)
         if len(candidates) > 1:
@@ -168,38 +194,62 @@ class Planner:
         self, members: Sequence[_Member], request: chat_pb2.ChatInput, prompt_tokens: int
     ) -> list[Candidate]:
         needs = _required_capabilities(request)
-        max_tokens = request.max_tokens if request.HasField("max_tokens") else 0
-        has_cost_cap = request.routing.HasField("max_cost_micros")
-        cost_cap = request.routing.max_cost_micros
+        max_tokens = request.max_tokens  # 0 when unset
+        routing = request.routing
+        cost_cap = routing.max_cost_micros if routing.HasField("max_cost_micros") else None
         capable: list[Candidate] = []
-        refusals: list[str] = []
+        refused = False
         for m in members:
-            d = m.deployment
-            completion = max_tokens if max_tokens > 0 else d.max_output_tokens
-            cost = estimate_cost_micros(prompt_tokens, completion, d.price)
-            why: list[str] = []
-            if prompt_tokens + completion > d.context_window:
-                why.append(
-                    f"context window {d.context_window} < {prompt_tokens + completion} "
-                    f"estimated tokens ({prompt_tokens} prompt + {completion} completion)"
-                )
-            lacking = needs - d.capabilities
-            if lacking:
-                why.append(f"lacks {', '.join(sorted(lacking))}")
-            if has_cost_cap and cost > cost_cap:
-                why.append(f"estimated cost {cost} micro-USD > max_cost_micros {cost_cap}")
-            if why:
-                refusals.append(f"{d.name}: {'; '.join(why)}")
-            else:
-                capable.append(Candidate(d, m.breaker, m.stats, cost, m.max_in_flight))
+            completion = max_tokens if max_tokens > 0 else m.max_output_tokens
+            cost = estimate_cost_micros(prompt_tokens, completion, m.rates)
+            if (
+                prompt_tokens + completion > m.context_window
+                or (needs and not needs <= m.capabilities)
+                or (cost_cap is not None and cost > cost_cap)
+            ):
+                refused = True
+                continue
+            capable.append(
+                Candidate(m.deployment, m.breaker, m.stats, cost, m.max_in_flight, m.rates)
+            )
         if not capable:
+            assert refused
+            refusals = [_refusal(m, needs, max_tokens, prompt_tokens, cost_cap) for m in members]
             raise MeshError.of(
                 Reason.NO_CAPABLE_DEPLOYMENT,
                 f"no deployment of {request.model!r} can serve this request: "
-                + " | ".join(refusals),
+                + " | ".join(r for r in refusals if r),
                 metadata={"model": request.model},
             )
         return capable
+
+
+def _refusal(
+    m: _Member,
+    needs: frozenset[Capability],
+    max_tokens: int,
+    prompt_tokens: int,
+    cost_cap: int | None,
+) -> str:
+    """Why the deployment cannot serve the request, in words ("" when it can)."""
+    d = m.deployment
+    completion = max_tokens if max_tokens > 0 else m.max_output_tokens
+    cost = estimate_cost_micros(prompt_tokens, completion, m.rates)
+    why: list[str] = []
+    if prompt_tokens + completion > m.context_window:
+        why.append(
+            f"context window {m.context_window} < {prompt_tokens + completion} "
+            f"estimated tokens ({prompt_tokens} prompt + {completion} completion)"
+        )
+    lacking = needs - m.capabilities
+    if lacking:
+        why.append(f"lacks {', '.join(sorted(lacking))}")
+    if cost_cap is not None and cost > cost_cap:
+        why.append(f"estimated cost {cost} micro-USD > max_cost_micros {cost_cap}")
+    return f"{d.name}: {'; '.join(why)}" if why else ""
+
+
+_NO_NEEDS: frozenset[Capability] = frozenset()
 
 
 def _required_capabilities(request: chat_pb2.ChatInput) -> frozenset[Capability]:
@@ -208,9 +258,15 @@ def _required_capabilities(request: chat_pb2.ChatInput) -> frozenset[Capability]
         needs.add("tools")
     if request.response_format.type == chat_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA:
         needs.add("json_schema")
-    if any(part.HasField("image") for message in request.messages for part in message.content):
-        needs.add("vision")
-    for value in request.routing.required_capabilities:
+    for message in request.messages:
+        for part in message.content:
+            if part.HasField("image"):
+                needs.add("vision")
+                break
+    required = request.routing.required_capabilities
+    if not needs and not required:
+        return _NO_NEEDS
+    for value in required:
         if value == chat_pb2.CAPABILITY_UNSPECIFIED:
             continue
         name = _CAPABILITY_NAMES.get(value)

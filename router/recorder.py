@@ -132,7 +132,7 @@ def billed_usage(attempt: Attempt, *, prompt_sent: bool = True) -> events_pb2.Us
         usage.prompt_tokens = attempt.prompt_tokens_estimate
         usage.completion_tokens = tokens_for_chars(attempt.output_chars)
         usage.estimated = True
-    usage.cost_micros = cost_micros(usage, attempt.candidate.deployment.price)
+    usage.cost_micros = cost_micros(usage, attempt.candidate.rates)
     return usage
 
 
@@ -207,20 +207,15 @@ class Recorder:
         *,
         ended_at: float,
     ) -> RequestRecord:
-        usage = events_pb2.Usage()
-        estimated = False
-        spans: list[tuple[float, float]] = []
-        for attempt in scope.attempts:
-            spent = attempt.record.usage if attempt.record is not None else None
-            if spent is not None:
-                usage.prompt_tokens += spent.prompt_tokens
-                usage.completion_tokens += spent.completion_tokens
-                usage.cached_tokens += spent.cached_tokens
-                usage.reasoning_tokens += spent.reasoning_tokens
-                usage.cost_micros += spent.cost_micros
-                estimated = estimated or spent.estimated
-            spans.append((attempt.started_at, attempt.ended_at or ended_at))
-        usage.estimated = estimated
+        attempts = scope.attempts
+        if len(attempts) == 1:  # the common case: the sum is the one attempt's usage
+            only = attempts[0]
+            usage = events_pb2.Usage()
+            if only.record is not None:
+                usage.CopyFrom(only.record.usage)
+            covered = (only.ended_at or ended_at) - only.started_at
+        else:
+            usage, covered = _summed(attempts, ended_at)
         winner = scope.winner
         latency = ended_at - scope.started_at
         ttft = (
@@ -236,14 +231,14 @@ class Recorder:
             reason=error.reason if error is not None else None,
             error=error,
             deployment=winner.candidate.name if winner is not None else None,
-            attempts=len(scope.attempts),
+            attempts=len(attempts),
             retries=scope.retries,
             fallbacks=scope.fallbacks,
             hedges=scope.hedges,
             usage=usage,
             latency_s=latency,
             ttft_s=ttft,
-            overhead_s=max(latency - _covered(spans) - scope.backoff_s, 0.0),
+            overhead_s=max(latency - covered - scope.backoff_s, 0.0),
         )
         if self.tracer is not None:
             self.tracer.end_request(scope, record)
@@ -284,6 +279,25 @@ class Recorder:
                 after.name.lower(),
                 error.reason.value if error is not None else outcome.value,
             )
+
+
+def _summed(attempts: Sequence[Attempt], ended_at: float) -> tuple[events_pb2.Usage, float]:
+    """Every attempt's usage summed, and the time some attempt was running."""
+    usage = events_pb2.Usage()
+    estimated = False
+    spans: list[tuple[float, float]] = []
+    for attempt in attempts:
+        spent = attempt.record.usage if attempt.record is not None else None
+        if spent is not None:
+            usage.prompt_tokens += spent.prompt_tokens
+            usage.completion_tokens += spent.completion_tokens
+            usage.cached_tokens += spent.cached_tokens
+            usage.reasoning_tokens += spent.reasoning_tokens
+            usage.cost_micros += spent.cost_micros
+            estimated = estimated or spent.estimated
+        spans.append((attempt.started_at, attempt.ended_at or ended_at))
+    usage.estimated = estimated
+    return usage, _covered(spans)
 
 
 def _covered(spans: list[tuple[float, float]]) -> float:

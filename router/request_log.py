@@ -112,7 +112,7 @@ def request_fields(record: RequestRecord) -> dict[str, Any]:
         "key_id": record.caller.key_id,
         "model": record.model,
         "deployment": record.deployment,
-        "outcome": record.outcome.value,
+        "outcome": record.outcome._value_,  # the plain attribute `value` reads
         "reason": None if record.error is None else str(record.error.reason),
         "attempts": record.attempts,
         "retries": record.retries,

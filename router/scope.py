@@ -61,11 +61,12 @@ class RequestScope:
     # The caller's standing against its rate limits, set by an admitter (tenancy); the
     # router stamps it on the start event.
     rate_limit: events_pb2.RateLimitStatus | None = None
+    # The name the caller asked for (`request.model`), read once.
+    model: str = field(init=False)
     _prompt_tokens: int | None = field(default=None, init=False, repr=False)
 
-    @property
-    def model(self) -> str:
-        return self.request.model
+    def __post_init__(self) -> None:
+        self.model = self.request.model
 
     @property
     def cache(self) -> chat_pb2.CachePolicy.ValueType:

@@ -26,7 +26,7 @@ from router.recorder import Recorder, RecordSink, RequestOutcome
 from router.scope import ANONYMOUS, RequestScope
 from router.stats import StatsRegistry
 from router.tracing import RouterTracer
-from router.validate import validate_chat_input_off_loop
+from router.validate import validate_chat_input_off_loop, validate_small_chat_input
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +95,32 @@ class ChatRouter:
         """The primary path: batches as the winner's upstream delivered them. The first
         holds start and the first output, never held back; the last holds usage and
         finish (or the error event, then the error is raised)."""
-        return self._batches(request, ctx, whole=False)
+        return self._batches(request, ctx)
 
     async def _batches(
-        self, request: chat_pb2.ChatInput, ctx: CallContext, *, whole: bool
+        self, request: chat_pb2.ChatInput, ctx: CallContext
     ) -> AsyncGenerator[Batch, None]:
+        call = self._call(request, ctx, whole=False)  # at the first iteration, not before
+        try:
+            batch: Batch | None = await self._first_batch(call)
+            run = call.run
+            assert run is not None
+            while batch is not None:
+                yield batch
+                if run.final_sent:
+                    break  # the answer is complete: the rest is bookkeeping, deferred
+                batch = await run.next_batch()
+            call.outcome = RequestOutcome.SUCCESS
+        except BaseException as exc:
+            call.failed(exc)
+            raise
+        finally:
+            if call.outcome is RequestOutcome.SUCCESS:
+                self._after_answer(call)
+            else:
+                await self._unserved(call)
+
+    def _call(self, request: chat_pb2.ChatInput, ctx: CallContext, *, whole: bool) -> _Call:
         timeout = self._timeouts.request
         if ctx.timeout is not None:
             timeout = min(timeout, ctx.timeout)
@@ -111,51 +132,43 @@ class ChatRouter:
             whole=whole,
         )
         self.recorder.begin_request(scope)
-        outcome = RequestOutcome.CANCELLED
-        error: MeshError | None = None
-        ticket: Ticket | None = None
-        run: Run | None = None
-        try:
-            scope.caller = await self._auth.authenticate(ctx.api_key)  # authenticate
-            await validate_chat_input_off_loop(request)
-            ticket = await admit_all(self._admitters, scope)  # admit
-            plan = self._planner.plan(request, scope.prompt_tokens_estimate)  # plan
-            scope.plan = plan
-            if timeout <= 0:
-                raise MeshError.of(Reason.CALLER_DEADLINE, "no time left for the call")
-            run = self._executor.run(scope, plan)  # execute
-            batch: Batch | None = await run.first_batch()
-            if batch and scope.rate_limit is not None and batch[0].HasField("start"):
-                batch[0].start.rate_limit.CopyFrom(scope.rate_limit)
-            while batch is not None:
-                yield batch
-                if run.final_sent:
-                    break  # the answer is complete: the rest is bookkeeping, deferred
-                batch = await run.next_batch()
-            outcome = RequestOutcome.SUCCESS
-        except MeshError as exc:
-            outcome, error = RequestOutcome.FAILURE, exc
-            raise
-        except Exception as exc:
-            outcome = RequestOutcome.FAILURE
-            error = MeshError.of(Reason.INTERNAL, f"{type(exc).__name__}: {exc}")
-            raise
-        finally:
-            if run is not None and outcome is RequestOutcome.SUCCESS:
-                # The caller has its whole answer and asked for the end: it gets the end
-                # now, and the winner's stream is read out and settled right after.
-                self._after_answer(scope, run, ticket)
-            else:
-                try:
-                    if run is not None:
-                        await run.close()  # every attempt ended and recorded
-                finally:  # even when closing was cut short: the ticket must not leak
-                    self._settle(scope, ticket, outcome, error)  # settle
+        return _Call(scope, ctx.api_key, timeout)
 
-    def _after_answer(self, scope: RequestScope, run: Run, ticket: Ticket | None) -> None:
+    async def _first_batch(self, call: _Call) -> Batch:
+        """The stages up to the answer's first batch: authenticate -> admit -> plan ->
+        execute (the first batch). What the settle stage needs is kept in `call` as it
+        is made (the ticket, the run), whichever way this ends."""
+        scope = call.scope
+        request = scope.request
+        scope.caller = await self._auth.authenticate(call.api_key)  # authenticate
+        if not validate_small_chat_input(request):
+            await validate_chat_input_off_loop(request)
+        call.ticket = await admit_all(self._admitters, scope)  # admit
+        plan = self._planner.plan(request, scope.prompt_tokens_estimate)  # plan
+        scope.plan = plan
+        if call.timeout <= 0:
+            raise MeshError.of(Reason.CALLER_DEADLINE, "no time left for the call")
+        run = call.run = self._executor.run(scope, plan)  # execute
+        batch = await run.first_batch()
+        if batch and scope.rate_limit is not None and batch[0].HasField("start"):
+            batch[0].start.rate_limit.CopyFrom(scope.rate_limit)
+        return batch
+
+    async def _unserved(self, call: _Call) -> None:
+        """Ends a request that was not served (failed, refused or cancelled): every
+        attempt ended and recorded, then settled."""
+        try:
+            if call.run is not None:
+                await call.run.close()  # every attempt ended and recorded
+        finally:  # even when closing was cut short: the ticket must not leak
+            self._settle(call.scope, call.ticket, call.outcome, call.error)  # settle
+
+    def _after_answer(self, call: _Call) -> None:
         """Ends a served request off the caller's path: the winner read to its end, every
         attempt closed and recorded, then settled, once (also when the caller is
         cancelled meanwhile: this runs in the closer's task, not the caller's)."""
+        scope, run, ticket = call.scope, call.run, call.ticket
+        assert run is not None
 
         async def close() -> None:
             try:
@@ -198,8 +211,31 @@ class ChatRouter:
     ) -> chat_service_pb2.ChatResponse:
         """The unary answer. Backends that can are asked for the whole answer in one
         non-streaming upstream call (cheaper than a stream for a caller that waits for
-        the end anyway: bench/results/transports.md); the answer is the same."""
-        return await aggregate(self._batches(request, ctx, whole=True))
+        the end anyway: bench/results/transports.md); the answer is the same.
+
+        The stages of `chat_batches` in a plain coroutine that folds each batch as it
+        comes (no async generator between them: asyncio registers every one)."""
+        call = self._call(request, ctx, whole=True)
+        answer = _Answer()
+        try:
+            batch: Batch | None = await self._first_batch(call)
+            run = call.run
+            assert run is not None
+            while batch is not None:
+                answer.fold(batch)
+                if run.final_sent:
+                    break  # the answer is complete: the rest is bookkeeping, deferred
+                batch = await run.next_batch()  # raises after an error event
+            call.outcome = RequestOutcome.SUCCESS
+        except BaseException as exc:
+            call.failed(exc)
+            raise
+        finally:
+            if call.outcome is RequestOutcome.SUCCESS:
+                self._after_answer(call)
+            else:
+                await self._unserved(call)
+        return answer.response()
 
     async def list_models(self, ctx: CallContext) -> chat_service_pb2.ListModelsResponse:
         await self._auth.authenticate(ctx.api_key)
@@ -253,54 +289,98 @@ def _catalog(config: MeshConfig) -> chat_service_pb2.ListModelsResponse:
     )
 
 
+class _Call:
+    """One request's state between its stages and the settle stage: the scope, what the
+    admit and execute stages handed out (released or closed whichever way it ends), and
+    how it ended."""
+
+    __slots__ = ("api_key", "error", "outcome", "run", "scope", "ticket", "timeout")
+
+    def __init__(self, scope: RequestScope, api_key: str | None, timeout: float) -> None:
+        self.scope = scope
+        self.api_key = api_key
+        self.timeout = timeout
+        self.ticket: Ticket | None = None
+        self.run: Run | None = None
+        self.outcome = RequestOutcome.CANCELLED  # until it is known to be otherwise
+        self.error: MeshError | None = None
+
+    def failed(self, exc: BaseException) -> None:
+        """The request ended by `exc`: a failure, or (not an Exception: the caller went
+        away) still a cancellation. Anything but a MeshError fails as INTERNAL."""
+        if isinstance(exc, MeshError):
+            self.outcome, self.error = RequestOutcome.FAILURE, exc
+        elif isinstance(exc, Exception):
+            self.outcome = RequestOutcome.FAILURE
+            self.error = MeshError.of(Reason.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+class _Answer:
+    """The unary answer folded from event batches: text joined, tool calls by index."""
+
+    __slots__ = ("_arguments", "_calls", "_response", "_text")
+
+    def __init__(self) -> None:
+        self._response = chat_service_pb2.ChatResponse()
+        self._response.message.role = chat_pb2.ROLE_ASSISTANT
+        self._text: list[str] = []
+        self._calls: dict[int, chat_pb2.ToolCall] = {}
+        self._arguments: dict[int, list[str]] = {}
+
+    def fold(self, batch: Sequence[events_pb2.ChatEvent]) -> None:
+        response = self._response
+        for event in batch:
+            which = event.WhichOneof("event")
+            if which == "content":
+                self._text.append(event.content.text)
+            elif which == "tool_call":
+                delta = event.tool_call
+                call = self._calls.get(delta.index)
+                if call is None:
+                    call = self._calls[delta.index] = chat_pb2.ToolCall()
+                    self._arguments[delta.index] = []
+                if delta.id:
+                    call.id = delta.id
+                if delta.name:
+                    call.name = delta.name
+                self._arguments[delta.index].append(delta.arguments_delta)
+            elif which == "start":
+                start = event.start
+                response.request_id = start.request_id
+                response.model = start.model
+                response.deployment = start.deployment
+                response.provider_model = start.provider_model
+                if start.HasField("rate_limit"):
+                    response.rate_limit.CopyFrom(start.rate_limit)
+            elif which == "usage":
+                response.usage.CopyFrom(event.usage)
+            elif which == "finish":
+                response.finish_reason = event.finish.reason
+            # error: the stream raises the same error right after; nothing to fold.
+
+    def response(self) -> chat_service_pb2.ChatResponse:
+        response = self._response
+        if self._text:
+            response.message.content.add(text="".join(self._text))
+        for index in sorted(self._calls):
+            call = self._calls[index]
+            call.arguments_json = "".join(self._arguments[index])
+            response.message.tool_calls.append(call)
+        return response
+
+
 async def aggregate(
     batches: AsyncIterable[Sequence[events_pb2.ChatEvent]],
 ) -> chat_service_pb2.ChatResponse:
     """Folds a stream of event batches into the unary answer (text joined, tool calls by
     index). A stream that ends in an error raises it, partial usage included (the error
     event is followed by the raise)."""
-    response = chat_service_pb2.ChatResponse()
-    response.message.role = chat_pb2.ROLE_ASSISTANT
-    text: list[str] = []
-    calls: dict[int, chat_pb2.ToolCall] = {}
-    arguments: dict[int, list[str]] = {}
+    answer = _Answer()
     try:
         async for batch in batches:
-            for event in batch:
-                which = event.WhichOneof("event")
-                if which == "content":
-                    text.append(event.content.text)
-                elif which == "tool_call":
-                    delta = event.tool_call
-                    call = calls.get(delta.index)
-                    if call is None:
-                        call = calls[delta.index] = chat_pb2.ToolCall()
-                        arguments[delta.index] = []
-                    if delta.id:
-                        call.id = delta.id
-                    if delta.name:
-                        call.name = delta.name
-                    arguments[delta.index].append(delta.arguments_delta)
-                elif which == "start":
-                    response.request_id = event.start.request_id
-                    response.model = event.start.model
-                    response.deployment = event.start.deployment
-                    response.provider_model = event.start.provider_model
-                    if event.start.HasField("rate_limit"):
-                        response.rate_limit.CopyFrom(event.start.rate_limit)
-                elif which == "usage":
-                    response.usage.CopyFrom(event.usage)
-                elif which == "finish":
-                    response.finish_reason = event.finish.reason
-                # error: the iterator raises the same error right after; nothing to fold.
+            answer.fold(batch)
     finally:
         aclose = getattr(batches, "aclose", None)
         if aclose is not None:
             await aclose()
-    if text:
-        response.message.content.add(text="".join(text))
-    for index in sorted(calls):
-        call = calls[index]
-        call.arguments_json = "".join(arguments[index])
-        response.message.tool_calls.append(call)
-    return response
+    return answer.response()

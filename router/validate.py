@@ -30,33 +30,56 @@ INLINE_PARTS = 64
 async def validate_chat_input_off_loop(request: chat_pb2.ChatInput) -> None:
     """validate_chat_input, on a worker thread for large requests (about 8 us a part),
     so one large request does not hold up the event loop's other calls."""
-    if sum(len(m.content) for m in request.messages) <= INLINE_PARTS:
-        validate_chat_input(request)
-    else:
+    if not validate_small_chat_input(request):
         await asyncio.to_thread(validate_chat_input, request)
+
+
+def validate_small_chat_input(request: chat_pb2.ChatInput) -> bool:
+    """validate_chat_input for a request of at most INLINE_PARTS content parts, on the
+    calling thread (True); a larger one is left unchecked (False): validate it with
+    `validate_chat_input_off_loop`. The synchronous fast path of the latter."""
+    parts = _parts(request)
+    if parts > INLINE_PARTS:
+        return False
+    _validate(request, parts)
+    return True
 
 
 def validate_chat_input(request: chat_pb2.ChatInput) -> None:
     """Raises MeshError INVALID_ARGUMENT for the first problem found, naming its field
     as `input.<path>` (the path in ChatRequest/ChatStreamRequest)."""
+    _validate(request, _parts(request))
+
+
+def _parts(request: chat_pb2.ChatInput) -> int:
+    parts = 0
+    for message in request.messages:
+        parts += len(message.content)
+    return parts
+
+
+def _validate(request: chat_pb2.ChatInput, parts: int) -> None:
     if not request.model:
         raise invalid_argument("input.model", "required: an alias or deployment name")
-    _validate_shape(request)
+    _validate_shape(request, parts)
     _validate_messages(request)
     _validate_sampling(request)
-    tool_names = _validate_tools(request)
-    _validate_tool_choice(request, tool_names)
-    _validate_response_format(request)
-    if request.routing.HasField("max_cost_micros") and request.routing.max_cost_micros < 0:
+    # Each check below finds nothing to check in a field left unset.
+    tool_names = _validate_tools(request) if request.tools else set()
+    if request.HasField("tool_choice"):
+        _validate_tool_choice(request, tool_names)
+    if request.HasField("response_format"):
+        _validate_response_format(request)
+    routing = request.routing
+    if routing.HasField("max_cost_micros") and routing.max_cost_micros < 0:
         raise invalid_argument("input.routing.max_cost_micros", "must not be negative")
 
 
-def _validate_shape(request: chat_pb2.ChatInput) -> None:
+def _validate_shape(request: chat_pb2.ChatInput, parts: int) -> None:
     if len(request.messages) > MAX_MESSAGES:
         raise invalid_argument(
             "input.messages", f"at most {MAX_MESSAGES} allowed, got {len(request.messages)}"
         )
-    parts = sum(len(m.content) for m in request.messages)
     if parts > MAX_CONTENT_PARTS:
         raise invalid_argument(
             "input.messages[].content", f"at most {MAX_CONTENT_PARTS} parts allowed, got {parts}"
@@ -71,34 +94,44 @@ def _validate_messages(request: chat_pb2.ChatInput) -> None:
     if not request.messages:
         raise invalid_argument("input.messages", "at least one message is required")
     for i, message in enumerate(request.messages):
-        where = f"input.messages[{i}]"
-        if message.role not in _KNOWN_ROLES:
-            raise invalid_argument(f"{where}.role", f"unknown role {message.role}")
-        if message.role == chat_pb2.ROLE_TOOL and not message.tool_call_id:
-            raise invalid_argument(f"{where}.tool_call_id", "required for role TOOL")
-        if message.tool_calls and message.role != chat_pb2.ROLE_ASSISTANT:
-            raise invalid_argument(f"{where}.tool_calls", "only assistant messages carry calls")
-        if not message.content and not message.tool_calls:
-            raise invalid_argument(f"{where}.content", "empty: give content or tool calls")
-        for j, part in enumerate(message.content):
+        role = message.role
+        if role not in _KNOWN_ROLES:
+            raise invalid_argument(f"{_at(i)}.role", f"unknown role {role}")
+        if role == chat_pb2.ROLE_TOOL and not message.tool_call_id:
+            raise invalid_argument(f"{_at(i)}.tool_call_id", "required for role TOOL")
+        calls = message.tool_calls
+        if calls and role != chat_pb2.ROLE_ASSISTANT:
+            raise invalid_argument(f"{_at(i)}.tool_calls", "only assistant messages carry calls")
+        content = message.content
+        if not content and not calls:
+            raise invalid_argument(f"{_at(i)}.content", "empty: give content or tool calls")
+        for j, part in enumerate(content):
             which = part.WhichOneof("part")
+            if which == "text":
+                continue
             if which is None:
-                raise invalid_argument(f"{where}.content[{j}]", "empty part: set text or image")
+                raise invalid_argument(f"{_at(i)}.content[{j}]", "empty part: set text or image")
             if which == "image":
-                if message.role != chat_pb2.ROLE_USER:
+                if role != chat_pb2.ROLE_USER:
                     raise invalid_argument(
-                        f"{where}.content[{j}].image", "images are allowed in user messages only"
+                        f"{_at(i)}.content[{j}].image", "images are allowed in user messages only"
                     )
                 if not part.image.url.startswith(_IMAGE_SCHEMES):
                     raise invalid_argument(
-                        f"{where}.content[{j}].image.url", "must be an http(s) or data: URL"
+                        f"{_at(i)}.content[{j}].image.url", "must be an http(s) or data: URL"
                     )
-        for j, call in enumerate(message.tool_calls):
+        for j, call in enumerate(calls):
+            where = _at(i)
             if not call.id:
                 raise invalid_argument(f"{where}.tool_calls[{j}].id", "required")
             if not call.name:
                 raise invalid_argument(f"{where}.tool_calls[{j}].name", "required")
             _json(f"{where}.tool_calls[{j}].arguments_json", call.arguments_json, allow_empty=True)
+
+
+def _at(i: int) -> str:
+    """A message's path, built only for an error (or a tool call to check)."""
+    return f"input.messages[{i}]"
 
 
 def _validate_sampling(request: chat_pb2.ChatInput) -> None:

@@ -270,3 +270,20 @@ def test_open_retry_after_counts_down_to_half_open() -> None:
 )
 def test_breaker_state_maps_to_proto_enum(state: BreakerState, proto: int) -> None:
     assert state.to_proto() == proto
+
+
+def test_a_permit_from_before_an_outage_is_ignored_once_the_breaker_closed_again() -> None:
+    clock = FakeClock()
+    breaker = make(clock)
+    before = admit(breaker)  # the closed state's permit of generation 0
+    fail(breaker, 3)
+    clock.advance(5)  # half-open
+    breaker.record_success(admit(breaker))  # the probe closes it
+    assert state(breaker) is BreakerState.CLOSED
+    after = admit(breaker)
+    assert after.generation == before.generation + 1
+    fail(breaker, 2)
+    breaker.record_failure(before)  # from before the outage: no third failure in a row
+    assert state(breaker) is BreakerState.CLOSED
+    breaker.record_failure(after)
+    assert state(breaker) is BreakerState.OPEN

@@ -6,7 +6,7 @@ import pytest
 
 from imesh.v1 import events_pb2
 from router.config import Price
-from router.pricing import cost_micros, estimate_cost_micros
+from router.pricing import Rates, cost_micros, estimate_cost_micros
 
 SMALL = Price.model_validate({"input": 0.15, "output": 0.60})
 LARGE = Price.model_validate({"input": 3.00, "output": 15.00, "cached_input": 0.30})
@@ -75,3 +75,21 @@ def test_estimate_charges_full_prompt_and_completion_budget() -> None:
     assert estimate_cost_micros(10_000, 4_096, LARGE) == 30_000 + 61_440
     assert estimate_cost_micros(3, 0, SMALL) == 0
     assert estimate_cost_micros(10, 0, SMALL) == 2
+
+
+@pytest.mark.parametrize("price", [SMALL, LARGE, Price()])
+def test_rates_price_exactly_as_the_config_price(price: Price) -> None:
+    rates = Rates(price)
+    assert (rates.input_micros, rates.output_micros, rates.cached_input_micros) == (
+        price.input_micros,
+        price.output_micros,
+        price.cached_input_micros,
+    )
+    spent = usage(prompt=12_345, cached=2_345, completion=678)
+    assert cost_micros(spent, rates) == cost_micros(spent, price)
+    assert estimate_cost_micros(1_000, 4_096, rates) == estimate_cost_micros(1_000, 4_096, price)
+
+
+def test_negative_counts_cost_nothing() -> None:
+    assert cost_micros(usage(prompt=-5, cached=-3, completion=-7), LARGE) == 0
+    assert estimate_cost_micros(-5, -7, LARGE) == 0

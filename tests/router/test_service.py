@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import grpc
@@ -197,3 +199,30 @@ async def test_aclose_closes_every_backend_even_when_one_fails(
     await mesh.router.aclose()
     assert closed == list(mesh.router._backends)
     assert "closing the backend of provider" in caplog.text
+
+
+async def test_chat_folds_the_answer_without_an_async_generator_of_the_router() -> None:
+    # Every async generator costs asyncio a registration: the unary path runs the stages
+    # in plain coroutines. (The streaming path, for contrast, is one.)
+    mesh = make_mesh({"dep-a": [Script(tokens=["a", "b"])], "dep-b": [Script(tokens=["c"])]})
+    started: list[str] = []
+    hooks = sys.get_asyncgen_hooks()
+
+    def firstiter(agen: AsyncGenerator[object, None]) -> None:
+        started.append(agen.ag_code.co_qualname)  # type: ignore[attr-defined]
+        if hooks.firstiter is not None:
+            hooks.firstiter(agen)
+
+    sys.set_asyncgen_hooks(firstiter=firstiter, finalizer=hooks.finalizer)
+    try:
+        response = await mesh.router.chat(user_input("dep-a"), CallContext())
+        unary = [name for name in started if name.startswith("ChatRouter.")]
+        started.clear()
+        events, _ = await collect(mesh, user_input("dep-b"))
+        streamed = [name for name in started if name.startswith("ChatRouter.")]
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
+    assert [p.text for p in response.message.content] == ["ab"]
+    assert unary == []
+    assert "ChatRouter._batches" in streamed
+    assert kinds(events)[0] == "start"

@@ -9,7 +9,7 @@ import pytest
 
 from imesh.errors import MeshError
 from imesh.v1 import chat_pb2
-from router.validate import validate_chat_input
+from router.validate import INLINE_PARTS, validate_chat_input, validate_small_chat_input
 
 
 def text(role: chat_pb2.Role.ValueType, body: str = "hi", **fields: object) -> chat_pb2.Message:
@@ -205,3 +205,22 @@ def test_the_shape_of_a_request_is_bounded_before_it_is_walked(
         validate_chat_input(request_input)
     assert caught.value.field_violations[0].field == field_path
     assert "at most" in caught.value.field_violations[0].description
+
+
+def test_a_small_request_is_validated_on_the_calling_thread() -> None:
+    assert validate_small_chat_input(good()) is True
+    bad = good()
+    bad.messages[0].role = 99  # type: ignore[assignment]
+    with pytest.raises(MeshError) as caught:
+        validate_small_chat_input(bad)
+    assert caught.value.field_violations[0].field == "input.messages[0].role"
+
+
+def test_a_large_request_is_left_for_a_worker_thread() -> None:
+    request = good()
+    request.messages[0].role = 99  # type: ignore[assignment]  # invalid, yet not checked here
+    for _ in range(INLINE_PARTS):
+        request.messages[0].content.add(text="x")
+    assert validate_small_chat_input(request) is False
+    with pytest.raises(MeshError):
+        validate_chat_input(request)
