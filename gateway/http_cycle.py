@@ -20,14 +20,23 @@ it to uvicorn's own cycle byte for byte.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable
 
-from uvicorn._types import ASGI3Application, ASGISendEvent
+from uvicorn._types import (
+    ASGI3Application,
+    ASGIReceiveEvent,
+    ASGISendEvent,
+    HTTPRequestEvent,
+    HTTPScope,
+)
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_RE,
     HEADER_VALUE_RE,
     STATUS_LINE,
+    HttpToolsProtocol,
     RequestResponseCycle,
 )
 
@@ -67,14 +76,103 @@ def _plain_block(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return block if _HEADER_BLOCK.fullmatch(block) is not None else None
 
 
+class Signal:
+    """What uvicorn's cycle uses of asyncio.Event (set, clear, is_set, wait), without its
+    per-request construction cost; `value` is read directly on the hot path."""
+
+    __slots__ = ("_waiters", "value")
+
+    def __init__(self) -> None:
+        self.value = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def set(self) -> None:
+        if not self.value:
+            self.value = True
+            if self._waiters:
+                waiters, self._waiters = self._waiters, []
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+    def clear(self) -> None:
+        self.value = False
+
+    def is_set(self) -> bool:
+        return self.value
+
+    async def wait(self) -> bool:
+        if self.value:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return True
+
+
 class EdgeCycle(RequestResponseCycle):
     """See the module docstring. `default_head`: the encoded default headers, or None to
     treat `default_headers` per response as uvicorn does."""
 
-    def __init__(self, *args: object, default_head: bytes | None, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        scope: HTTPScope,
+        transport: asyncio.Transport,
+        flow: FlowControl,
+        protocol: HttpToolsProtocol,
+        keep_alive: bool,
+        default_head: bytes | None,
+    ) -> None:
+        # RequestResponseCycle.__init__'s state, set here in one call; the logger, the
+        # access log and the default headers come from the protocol.
+        self.scope = scope
+        self.transport = transport
+        self.flow = flow
+        self.logger = protocol.logger
+        self.access_logger = protocol.access_logger
+        self.access_log = protocol.access_log
+        self.default_headers = protocol.server_state.default_headers
+        self.message_event = self._signal = Signal()  # type: ignore[assignment]
+        self.on_response = protocol.on_response_complete
+        self.disconnected = False
+        self.keep_alive = keep_alive
+        self.waiting_for_100_continue = protocol.expect_100_continue
+        self.body = bytearray()
+        self.more_body = True
+        self.response_started = False
+        self.response_complete = False
+        self.chunked_encoding = None
+        self.expected_content_length = 0
         self._default_head = default_head
         self._head = b""  # a head not yet written (it leaves with the first body message)
+
+    async def receive(self) -> ASGIReceiveEvent:
+        # uvicorn's, without awaiting a signal that is already set.
+        if self.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.waiting_for_100_continue = False
+
+        if not self.disconnected and not self.response_complete:
+            if self.flow.read_paused:
+                self.flow.resume_reading()
+            signal = self._signal
+            if not signal.value:
+                await signal.wait()
+            signal.value = False
+
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        message: HTTPRequestEvent = {
+            "type": "http.request",
+            "body": bytes(self.body),
+            "more_body": self.more_body,
+        }
+        self.body = bytearray()
+        return message
 
     async def run_asgi(self, app: ASGI3Application) -> None:
         # uvicorn's, but a response cut short still sends the head it started.

@@ -174,18 +174,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
         existing_cycle = self.cycle
         self.cycle = EdgeCycle(
-            scope=scope,
-            transport=self.transport,
-            flow=self.flow,
-            logger=self.logger,
-            access_logger=self.access_logger,
-            access_log=self.access_log,
-            default_headers=self.server_state.default_headers,
-            message_event=asyncio.Event(),
-            expect_100_continue=self.expect_100_continue,
-            keep_alive=http_version != "1.0" and parser.should_keep_alive(),
-            on_response=self.on_response_complete,
-            default_head=self._default_head.get(self.server_state.default_headers),
+            scope,
+            self.transport,
+            self.flow,
+            self,
+            http_version != "1.0" and parser.should_keep_alive(),
+            self._default_head.get(self.server_state.default_headers),
         )
         if existing_cycle is None or existing_cycle.response_complete:
             self._start_asgi_task(self.cycle, app)

@@ -17,7 +17,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from gateway.http_cycle import DefaultHead
+from gateway.http_cycle import DefaultHead, Signal
 from gateway.http_limits import BoundedHttpToolsProtocol
 
 App = Callable[[Any, Any, Any], Awaitable[None]]
@@ -264,3 +264,22 @@ async def test_a_lost_connection_cancels_its_keep_alive_timer() -> None:
     [(_, _, handle)] = loop.timers
     protocol.connection_lost(None)
     assert handle.cancelled()
+
+
+async def test_the_cycles_signal_wakes_every_waiter_and_forgets_cancelled_ones() -> None:
+    signal = Signal()
+    first = asyncio.ensure_future(signal.wait())
+    second = asyncio.ensure_future(signal.wait())
+    gone = asyncio.ensure_future(signal.wait())
+    await asyncio.sleep(0)
+    gone.cancel()
+    await asyncio.sleep(0)
+    assert not first.done()
+    signal.set()
+    assert await first
+    assert await second
+    assert gone.cancelled()
+    assert signal.is_set()
+    assert await signal.wait()  # set: no waiting
+    signal.clear()
+    assert not signal.is_set()
