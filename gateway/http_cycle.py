@@ -14,8 +14,8 @@ response leaves, and none to what leaves:
   message; an app that fails after the start still gets its head out before the close.)
 
 The rest (content-length / chunked framing, HEAD, `Connection: close`, the checks and
-their RuntimeErrors) is uvicorn's, line for line; tests/gateway/test_http_cycle.py holds
-it to uvicorn's own cycle byte for byte.
+their RuntimeErrors, the access log line) is uvicorn's, line for line;
+tests/gateway/test_http_cycle.py holds it to uvicorn's own cycle byte for byte.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from uvicorn.protocols.http.httptools_impl import (
     HttpToolsProtocol,
     RequestResponseCycle,
 )
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 # Lines of `name: value\r\n`: names without HEADER_RE's characters, values without
 # HEADER_VALUE_RE's (so no CR or LF: a line ends only where it should).
@@ -219,6 +220,15 @@ class EdgeCycle(RequestResponseCycle):
                 )
             self.response_started = True
             self.waiting_for_100_continue = False
+            if self.access_log:
+                self.access_logger.info(
+                    '%s - "%s %s HTTP/%s" %d',
+                    get_client_addr(self.scope),
+                    self.scope["method"],
+                    get_path_with_query_string(self.scope),
+                    self.scope["http_version"],
+                    message["status"],
+                )
             self._head = self._encode_head(message["status"], message.get("headers", ()))
             return
 

@@ -9,6 +9,7 @@ answers fails here before the override drifts from it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -109,7 +110,8 @@ GET = b"GET /healthz?a=1 HTTP/1.1\r\nhost: a\r\n\r\n"
 
 
 async def serve(protocol_class: Any, app: App, data: list[bytes], **config: Any) -> Recorder:
-    cfg = Config(app=app, lifespan="off", log_config=None, access_log=False, **config)
+    config.setdefault("access_log", False)
+    cfg = Config(app=app, lifespan="off", log_config=None, **config)
     state = ServerState()
     state.default_headers = list(DEFAULTS)
     transport = Recorder()
@@ -283,3 +285,30 @@ async def test_the_cycles_signal_wakes_every_waiter_and_forgets_cancelled_ones()
     assert await signal.wait()  # set: no waiting
     signal.clear()
     assert not signal.is_set()
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+async def test_the_access_log_line_is_uvicorns(monkeypatch: pytest.MonkeyPatch) -> None:
+    logger = logging.getLogger("uvicorn.access")
+    monkeypatch.setattr(logger, "disabled", False)
+    level = logger.level
+    logger.setLevel(logging.INFO)  # setLevel, not the attribute: it clears the level cache
+    lines = []
+    for protocol_class in (HttpToolsProtocol, edge_protocol):
+        handler = _Lines()
+        logger.addHandler(handler)
+        try:
+            await serve(protocol_class, json_app, [POST], access_log=True)
+        finally:
+            logger.removeHandler(handler)
+        lines.append(handler.lines)
+    logger.setLevel(level)
+    assert lines[0] == lines[1] == ['127.0.0.1:5000 - "POST /v1/x HTTP/1.1" 200']
