@@ -108,9 +108,10 @@ class DisconnectWatch:
 
 def watch_caller(scope: Scope, receive: Receive) -> CallerWatch:
     """Start watching for the caller leaving (see the module docstring)."""
-    extensions = scope.get("extensions")
-    extension = extensions.get(EXTENSION) if extensions else None
-    watch = extension.get("watch") if extension else None
-    if isinstance(watch, ConnectionWatch):
+    try:
+        watch = scope["extensions"][EXTENSION]["watch"]
+    except (KeyError, TypeError):  # no extensions, None, or not this one
+        return DisconnectWatch(receive)
+    if type(watch) is ConnectionWatch:
         return watch.arm()
     return DisconnectWatch(receive)

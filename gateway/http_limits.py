@@ -5,8 +5,18 @@ counts both as the parser reports them, and the bytes fed while a head is still 
 single header can arrive in many reads), and answers 431 Request Header Fields Too Large
 before the head is ever handed to the app.
 
-It also sends a response's head with its first body write: uvicorn writes them
-separately, two TCP segments with TCP_NODELAY, so the caller wakes twice per answer.
+Its requests are `gateway.http_cycle.EdgeCycle`s: a response's head leaves with its first
+body write (uvicorn writes them separately, two TCP segments with TCP_NODELAY, so the
+caller would wake twice per answer), checked with one regex per head.
+
+The keep-alive timer is armed once per idle spell, not per request: a response's end only
+stamps the time, and the timer, when due, closes the connection if it has been idle for
+`timeout_keep_alive` since, or waits out the rest (uvicorn cancels and re-arms a timer
+around every request).
+
+The parser callbacks below are uvicorn 0.54's (pinned in pyproject) with the bounds and
+these changes folded in; tests/gateway/test_http_cycle.py fails when uvicorn's own
+protocol stops answering like this one.
 
 And it tells the app when the connection is lost, through the `ConnectionWatch` it puts in
 each request's scope (gateway.disconnect): the handler's task is cancelled from
@@ -18,97 +28,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import Iterable
+import urllib.parse
 from typing import Any
 
+import httptools
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from gateway.disconnect import EXTENSION, ConnectionWatch
+from gateway.http_cycle import DefaultHead, EdgeCycle
 
 
 class HeadTooLarge(Exception):
     """Raised inside a parser callback; the parser turns it into its own error."""
-
-
-class CoalescingTransport(asyncio.Transport):
-    """A transport that holds a response's head until the next write (the body, usually
-    in the same step) or the end of the loop iteration, whichever comes first, so a short
-    answer leaves as one segment. Closing flushes first; aborting drops what is held.
-    Everything else is the wrapped transport's."""
-
-    __slots__ = ("_inner", "_loop", "_pending")
-
-    def __init__(self, inner: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
-        self._inner = inner
-        self._loop = loop
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._pending:
-            self._pending.append(bytes(data))
-            self.flush()
-        elif bytes(data[:5]) == b"HTTP/":
-            self._pending.append(bytes(data))
-            self._loop.call_soon(self.flush)
-        else:
-            self._inner.write(data)
-
-    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
-        for data in list_of_data:
-            self.write(data)
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-        self._pending.clear()
-        if not self._inner.is_closing():
-            self._inner.write(data)
-
-    def close(self) -> None:
-        self.flush()
-        self._inner.close()
-
-    def abort(self) -> None:
-        self._pending.clear()
-        self._inner.abort()
-
-    def is_closing(self) -> bool:
-        return self._inner.is_closing()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._inner.get_extra_info(name, default)
-
-    def pause_reading(self) -> None:
-        self._inner.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._inner.resume_reading()
-
-    def is_reading(self) -> bool:
-        return self._inner.is_reading()
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._inner.set_protocol(protocol)
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._inner.get_protocol()
-
-    def get_write_buffer_size(self) -> int:
-        return self._inner.get_write_buffer_size() + sum(len(d) for d in self._pending)
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._inner.set_write_buffer_limits(high, low)
-
-    def can_write_eof(self) -> bool:
-        return self._inner.can_write_eof()
-
-    def write_eof(self) -> None:
-        self.flush()
-        self._inner.write_eof()
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -137,40 +71,31 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._watch = ConnectionWatch()
         # ASGI extensions are dicts: {"imesh.connection_watch": {"watch": ConnectionWatch}}.
         self._extensions: dict[str, dict[object, object]] = {EXTENSION: {"watch": self._watch}}
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(CoalescingTransport(transport, self.loop))
+        self._default_head = DefaultHead()
+        # loop.time() when the last response ended with nothing else to do; None while busy.
+        self._idle_since: float | None = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
         self._watch.fire()
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        # One dict per connection: what it holds is the connection's.
-        self.scope["extensions"] = self._extensions
-        self._in_head = True
-        self._head_bytes = 0
-        self._open_head_bytes = 0
-        self._header_count = 0
-
-    def on_url(self, url: bytes) -> None:
-        self._count(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self._max_headers:
-            self._refuse(f"more than {self._max_headers} request headers")
-        self._count(len(name) + len(value) + 4)  # ": " and CRLF, as on the wire
-        super().on_header(name, value)
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        super().on_headers_complete()
-
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        self._idle_since = None
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
         # A header still arriving is buffered by the parser, unseen by the callbacks: bound
         # the bytes of every read that left the head incomplete.
         if self._in_head and self._refused is None and self.parser is not None:
@@ -178,6 +103,121 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if self._open_head_bytes > self._max_header_bytes:
                 self._refused = self._too_big()
                 self.send_400_response(self._refused)
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self.scope = {
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,  # type: ignore[typeddict-item]
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+            # One dict per connection: what it holds is the connection's.
+            "extensions": self._extensions,
+        }
+        self._in_head = True
+        self._head_bytes = 0
+        self._open_head_bytes = 0
+        self._header_count = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._head_bytes += len(url)
+        if self._head_bytes > self._max_header_bytes:
+            self._refuse(self._too_big())
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self._max_headers:
+            self._refuse(f"more than {self._max_headers} request headers")
+        self._head_bytes += len(name) + len(value) + 4  # ": " and CRLF, as on the wire
+        if self._head_bytes > self._max_header_bytes:
+            self._refuse(self._too_big())
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self.parser
+        scope = self.scope
+        http_version = parser.get_http_version()
+        scope["method"] = parser.get_method().decode("ascii")
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        if parser.should_upgrade() and self._should_upgrade():
+            return
+        parsed_url = httptools.parse_url(self.url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope["path"] = self.root_path + path
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = parsed_url.query or b""
+
+        if self.limit_concurrency is not None and (
+            len(self.connections) >= self.limit_concurrency
+            or len(self.tasks) >= self.limit_concurrency
+        ):
+            app = service_unavailable
+            self.logger.warning("Exceeded concurrency limit.")
+        else:
+            app = self.app
+
+        existing_cycle = self.cycle
+        self.cycle = EdgeCycle(
+            scope,
+            self.transport,
+            self.flow,
+            self,
+            http_version != "1.0" and parser.should_keep_alive(),
+            self._default_head.get(self.server_state.default_headers),
+        )
+        if existing_cycle is None or existing_cycle.response_complete:
+            self._start_asgi_task(self.cycle, app)
+        else:
+            # Pipelined HTTP requests need to be queued up.
+            self.flow.pause_reading()
+            self.pipeline.appendleft((self.cycle, app))
+
+    def on_response_complete(self) -> None:
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self._keep_alive_due
+            )
+
+    def _unset_keepalive_if_required(self) -> None:
+        # uvicorn calls this when a connection gets busy: the armed timer stays and, when
+        # due, finds the connection in use (a response's end stamps the idle time again).
+        self._idle_since = None
+
+    def _keep_alive_due(self) -> None:
+        self.timeout_keep_alive_task = None
+        since = self._idle_since
+        if since is None:
+            return  # in use: the response's end re-arms the timer
+        left = since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_due)
+        else:
+            self.timeout_keep_alive_handler()
 
     def send_400_response(self, msg: str) -> None:
         if self._refused is None:
@@ -201,11 +241,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         )
         self.transport.close()
         self._in_head = False
-
-    def _count(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > self._max_header_bytes:
-            self._refuse(self._too_big())
 
     def _too_big(self) -> str:
         return f"the request headers exceed the limit of {self._max_header_bytes} bytes"

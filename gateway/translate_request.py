@@ -84,7 +84,27 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_decode = _DECODER.decode
+_scan_once = _DECODER.scan_once  # type: ignore[attr-defined]  # set in __init__
+
+
+def _loads(body: bytes) -> Any:
+    """What json.loads(body) does, with a decoder built once instead of per call. A UTF-8
+    object with nothing around it (what clients send) is scanned straight away: no
+    encoding sniffing, no whitespace matching; anything else, and every error, takes
+    json.loads's path, so its messages are json's own."""
+    if body[:1] == b"{" and body[1:2] != b"\x00":  # json.detect_encoding says utf-8
+        text = body.decode("utf-8", "surrogatepass")
+        if text[-1:] == "}":
+            try:
+                obj, end = _scan_once(text, 0)
+            except StopIteration:  # a missing value: json.loads words the error
+                return _decode(text)
+            if end == len(text):
+                return obj
+        return _decode(text)
+    return _decode(body.decode(json.detect_encoding(body), "surrogatepass"))
 
 
 def parse_chat_body(body: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> ChatCall:
@@ -96,8 +116,7 @@ def parse_chat_body(body: bytes, limits: RequestLimits = DEFAULT_LIMITS) -> Chat
             " (gateway.max_json_values)"
         )
     try:
-        # What json.loads(body) does, with a decoder built once instead of per call.
-        data = _decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+        data = _loads(body)
     except (ValueError, RecursionError) as exc:
         raise _invalid_json(exc) from None
     if not isinstance(data, dict):
@@ -123,15 +142,17 @@ def translate_chat(data: dict[str, Any], limits: RequestLimits = DEFAULT_LIMITS)
     )
     _bound("messages[].content", parts, limits.max_content_parts, "max_content_parts")
     tools = data.get("tools")
-    if isinstance(tools, list):
+    if tools is not None and isinstance(tools, list):
         _bound("tools", len(tools), limits.max_tools, "max_tools")
 
     out = chat_pb2.ChatInput(model=model)
     out.messages.extend([_message(m, i) for i, m in enumerate(messages)])
 
-    stream = _opt_bool(data, "stream") or False
+    # Optional fields are looked up only when present (`in` is no call; most requests
+    # carry few of them): absent and null read alike.
+    stream = "stream" in data and bool(_opt_bool(data, "stream"))
     include_usage = False
-    options = data.get("stream_options")
+    options = data.get("stream_options") if "stream_options" in data else None
     if options is not None:
         if not stream:
             _bad("stream_options", "is only allowed when stream is true")
@@ -139,39 +160,46 @@ def translate_chat(data: dict[str, Any], limits: RequestLimits = DEFAULT_LIMITS)
             _bad("stream_options", "must be an object")
         include_usage = _opt_bool(options, "include_usage", "stream_options.") or False
 
-    n = data.get("n")
-    if n is not None and (type(n) is not int or n != 1):
-        _bad("n", "only n=1 is supported")
+    if "n" in data:
+        n = data["n"]
+        if n is not None and (type(n) is not int or n != 1):
+            _bad("n", "only n=1 is supported")
 
-    temperature = _opt_number(data, "temperature", 0.0, 2.0)
-    if temperature is not None:
-        out.temperature = temperature
-    top_p = _opt_number(data, "top_p", 0.0, 1.0)
-    if top_p is not None:
-        out.top_p = top_p
+    if "temperature" in data:
+        temperature = _opt_number(data, "temperature", 0.0, 2.0)
+        if temperature is not None:
+            out.temperature = temperature
+    if "top_p" in data:
+        top_p = _opt_number(data, "top_p", 0.0, 1.0)
+        if top_p is not None:
+            out.top_p = top_p
     # max_completion_tokens supersedes the deprecated max_tokens when both are given.
-    max_tokens = _opt_int(data, "max_completion_tokens", 1, _INT32_MAX)
-    if max_tokens is None:
+    max_tokens = None
+    if "max_completion_tokens" in data:
+        max_tokens = _opt_int(data, "max_completion_tokens", 1, _INT32_MAX)
+    if max_tokens is None and "max_tokens" in data:
         max_tokens = _opt_int(data, "max_tokens", 1, _INT32_MAX)
     if max_tokens is not None:
         out.max_tokens = max_tokens
-    seed = _opt_int(data, "seed", _INT64_MIN, _INT64_MAX)
-    if seed is not None:
-        out.seed = seed
-    _check_unforwarded_sampling(data)
-    user = data.get("user")
+    if "seed" in data:
+        seed = _opt_int(data, "seed", _INT64_MIN, _INT64_MAX)
+        if seed is not None:
+            out.seed = seed
+    if not _UNFORWARDED.isdisjoint(data):
+        _check_unforwarded_sampling(data)
+    user = data.get("user") if "user" in data else None
     if user is not None:
         if not isinstance(user, str):
             _bad("user", "must be a string")
         out.user = user
     # OpenAI's prompt_cache_key ("requests with the same key share a prompt cache") is the
     # GPU pool's affinity key: same key, same replica while its load allows.
-    cache_key = data.get("prompt_cache_key")
+    cache_key = data.get("prompt_cache_key") if "prompt_cache_key" in data else None
     if cache_key is not None:
         if not isinstance(cache_key, str) or len(cache_key) > _MAX_AFFINITY_KEY_CHARS:
             _bad("prompt_cache_key", f"must be a string of at most {_MAX_AFFINITY_KEY_CHARS}")
         out.routing.affinity_key = cache_key
-    stop = data.get("stop")
+    stop = data.get("stop") if "stop" in data else None
     if stop is not None:
         out.stop.extend(_stop(stop))
 
@@ -183,13 +211,25 @@ def translate_chat(data: dict[str, Any], limits: RequestLimits = DEFAULT_LIMITS)
             built = _tool(tool, i)
             tool_names.add(built.name)
             out.tools.append(built)
-    choice = data.get("tool_choice")
+    choice = data.get("tool_choice") if "tool_choice" in data else None
     if choice is not None:
         out.tool_choice.CopyFrom(_tool_choice(choice, tool_names))
-    fmt = data.get("response_format")
+    fmt = data.get("response_format") if "response_format" in data else None
     if fmt is not None:
         out.response_format.CopyFrom(_response_format(fmt))
     return ChatCall(out, stream, include_usage)
+
+
+_UNFORWARDED = frozenset(
+    (
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "parallel_tool_calls",
+    )
+)
 
 
 def _check_unforwarded_sampling(data: dict[str, Any]) -> None:
@@ -235,7 +275,7 @@ def _message(m: object, i: int) -> chat_pb2.Message:
         _bad(f"messages[{i}].content", "must be a string or an array of content parts")
     elif role != chat_pb2.ROLE_ASSISTANT:
         _bad(f"messages[{i}].content", "is required")
-    name = m.get("name")
+    name = m.get("name") if "name" in m else None
     if name is not None:
         if not isinstance(name, str):
             _bad(f"messages[{i}].name", "must be a string")
@@ -245,7 +285,7 @@ def _message(m: object, i: int) -> chat_pb2.Message:
         if not isinstance(call_id, str) or not call_id:
             _bad(f"messages[{i}].tool_call_id", "is required for tool messages")
         msg.tool_call_id = call_id
-    calls = m.get("tool_calls")
+    calls = m.get("tool_calls") if "tool_calls" in m else None
     if calls is not None and role == chat_pb2.ROLE_ASSISTANT:
         if not isinstance(calls, list):
             _bad(f"messages[{i}].tool_calls", "must be an array")

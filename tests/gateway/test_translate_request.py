@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
 
+from gateway import translate_request
 from gateway.translate_request import parse_chat_body, translate_chat
 from imesh.errors import MeshError
 from imesh.v1 import chat_pb2
@@ -196,3 +198,34 @@ def test_prompt_cache_key_becomes_the_routing_affinity_key() -> None:
 @pytest.mark.parametrize("key", [42, ["a"], "k" * 257])
 def test_a_prompt_cache_key_that_is_not_a_short_string_is_refused(key: object) -> None:
     assert violation(body(prompt_cache_key=key)) == "prompt_cache_key"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": [1, 2, {"b": null}]}',
+        b'{"a":1} }',
+        b'{"a":1}x}',
+        b'{"a":}',
+        b'{"a":NaN}',
+        b'{"a":"\\ud800"}',
+        b' {"a":1}',
+        b'{"a":1}\n',
+        b'{"a":"}"',
+        b'{"a":1, }',
+        '{"\u00e9":"\u00fc"}'.encode(),
+        '{"a":"b"}'.encode("utf-16-le"),
+        b"[1]",
+    ],
+)
+def test_the_body_decodes_as_json_loads_decodes_it(body: bytes) -> None:
+    def outcome(loads: Callable[[bytes], object]) -> tuple[str, object]:
+        try:
+            return ("ok", loads(body))
+        except ValueError as exc:
+            return (type(exc).__name__, str(exc))
+
+    reference = json.JSONDecoder(parse_constant=translate_request._reject_constant).decode
+    assert outcome(translate_request._loads) == outcome(
+        lambda b: reference(b.decode(json.detect_encoding(b), "surrogatepass"))
+    )
