@@ -7,8 +7,14 @@ type, and wraps the call and every body read in a context manager that maps aioh
 errors to httpx's. A provider sends every call to the same few URLs with the same few
 timeouts, so this keeps the parsed URL (yarl caches what aiohttp asks of it), the
 ClientTimeouts and the proxy's arguments, builds the body's payload directly, and maps an
-error only when one is raised. The pool, the session, the error map and the response's
-release are httpx-aiohttp's, unchanged.
+error only when one is raised. The pool, the error map and the response's release are
+httpx-aiohttp's, unchanged; the session keeps no cookies (a provider's cookies must never
+cross from one tenant's call to another's, and a jar costs a lookup per call).
+
+The response is an httpx.Response whose plain (not content-encoded) body is read without
+httpx's three nested async generators and their context managers: `aread()` is one aiohttp
+read of the whole body, `aiter_bytes()` one iterator object over aiohttp's reads. Anything
+else (an encoded body, a chunk size, a second read) takes httpx's own path.
 """
 
 from __future__ import annotations
@@ -19,7 +25,15 @@ from typing import Any
 
 import httpx
 import yarl
-from aiohttp import BasicAuth, ClientResponse, ClientSession, ClientTimeout
+from aiohttp import (
+    BasicAuth,
+    ClientResponse,
+    ClientSession,
+    ClientTimeout,
+    DummyCookieJar,
+    TCPConnector,
+    hdrs,
+)
 from aiohttp.payload import BytesPayload
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import AIOHTTP_EXC_MAP
@@ -52,6 +66,16 @@ class PreparedAiohttpTransport(AiohttpTransport):
                 "proxy_headers": proxy.headers,
             }
 
+    def get_client(self) -> ClientSession:
+        # httpx-aiohttp's session, with no cookie jar (see the module docstring).
+        limits = self.limits
+        connector = TCPConnector(
+            keepalive_timeout=limits.keepalive_expiry,
+            ssl=self.ssl_context,
+            limit=100 if limits.max_connections is None else limits.max_connections,
+        )
+        return ClientSession(connector=connector, cookie_jar=DummyCookieJar())
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
             body = request.content
@@ -83,7 +107,7 @@ class PreparedAiohttpTransport(AiohttpTransport):
             info = {**_HTTP11, "reason_phrase": response.reason.encode()}
         else:
             info = dict(_HTTP11)
-        return httpx.Response(
+        return _Response(
             status_code=response.status,
             headers=response.raw_headers,
             stream=_ResponseStream(response),
@@ -113,17 +137,98 @@ class PreparedAiohttpTransport(AiohttpTransport):
         return kept
 
 
+class _Response(httpx.Response):
+    """An httpx.Response over one aiohttp response, read directly when its body is plain."""
+
+    stream: _ResponseStream
+
+    async def aread(self) -> bytes:
+        if not self._direct(None):
+            return await super().aread()
+        self.is_stream_consumed = True
+        response = self.stream.response
+        try:
+            body = await response.read()  # closes the connection if it fails or is cancelled
+        except Exception as exc:
+            mapped = _mapped_for(exc, self.request)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        # The whole body came: aiohttp gave the connection back to its pool.
+        self._content = body
+        self._num_bytes_downloaded = len(body)
+        self.is_closed = True
+        return body
+
+    def aiter_bytes(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        if not self._direct(chunk_size):
+            return super().aiter_bytes(chunk_size)
+        self.is_stream_consumed = True
+        self._num_bytes_downloaded = 0
+        return _Reads(self)
+
+    async def aclose(self) -> None:
+        if not self.is_closed:
+            self.is_closed = True
+            try:
+                await self.stream.aclose()
+            except httpx.RequestError as exc:
+                exc.request = self.request  # as httpx's own close does
+                raise
+
+    def _direct(self, chunk_size: int | None) -> bool:
+        # httpx decodes a content-encoded body (aiohttp is told not to) and re-chunks for
+        # a chunk size; a consumed or closed stream raises httpx's errors, a read body is
+        # given again.
+        return (
+            chunk_size is None
+            and not self.is_stream_consumed
+            and not self.is_closed
+            and not hasattr(self, "_content")
+            and hdrs.CONTENT_ENCODING not in self.stream.response.headers
+        )
+
+
+class _Reads:
+    """The reads of a plain body, as httpx's `aiter_bytes()` gives them (each up to
+    _READ_SIZE bytes; the response closed after the last): one object, not three nested
+    async generators."""
+
+    __slots__ = ("_content", "_response")
+
+    def __init__(self, response: _Response) -> None:
+        self._response = response
+        self._content = response.stream.response.content
+
+    def __aiter__(self) -> _Reads:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._content.read(_READ_SIZE)
+        except Exception as exc:
+            mapped = _mapped_for(exc, self._response.request)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        if chunk:
+            self._response._num_bytes_downloaded += len(chunk)
+            return chunk
+        await self._response.aclose()
+        raise StopAsyncIteration
+
+
 class _ResponseStream(httpx.AsyncByteStream):
     """The body of one aiohttp response, read as httpx-aiohttp's stream reads it, without
     its per-read iterator and context manager."""
 
-    __slots__ = ("_response",)
+    __slots__ = ("response",)
 
     def __init__(self, response: ClientResponse) -> None:
-        self._response = response
+        self.response = response
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        content = self._response.content
+        content = self.response.content
         while True:
             try:
                 chunk = await content.read(_READ_SIZE)
@@ -138,7 +243,7 @@ class _ResponseStream(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         try:
-            await self._response.__aexit__(None, None, None)
+            await self.response.__aexit__(None, None, None)
         except Exception as exc:
             mapped = _mapped(exc)
             if mapped is None:
@@ -154,3 +259,11 @@ def _mapped(exc: Exception) -> Exception | None:
         if isinstance(exc, source) and (mapped is None or issubclass(target, mapped)):
             mapped = target
     return None if mapped is None else mapped(str(exc))
+
+
+def _mapped_for(exc: Exception, request: httpx.Request) -> Exception | None:
+    """As `_mapped`, the error carrying `request` as httpx's own reads' errors do."""
+    mapped = _mapped(exc)
+    if isinstance(mapped, httpx.RequestError):
+        mapped.request = request
+    return mapped

@@ -4,6 +4,8 @@ same release of the connection."""
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import socket
 from collections.abc import AsyncIterator
 
@@ -11,7 +13,7 @@ import httpx
 import pytest
 from httpx_aiohttp import AiohttpTransport
 
-from adapters.aiohttp_transport import PreparedAiohttpTransport
+from adapters.aiohttp_transport import PreparedAiohttpTransport, _ResponseStream
 from adapters.http_client import _tls_context
 from tests.adapters.fakes.server import FakeProvider, Reply
 
@@ -149,3 +151,115 @@ async def test_a_body_cut_mid_read_raises_httpx_read_error_and_frees_the_connect
     assert await _send(transport, _post(f"{fake.base_url}/v1/chat")) == b"{}"
     assert transport.client is not None
     assert len(transport.client.connector._acquired) == 0  # type: ignore[union-attr]
+
+
+def _in_use(transport: PreparedAiohttpTransport) -> int:
+    assert transport.client is not None
+    return len(transport.client.connector._acquired)  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def no_stream_iteration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx's own read path iterates the byte stream; the direct reads never do."""
+
+    def refuse(self: _ResponseStream) -> AsyncIterator[bytes]:
+        raise AssertionError("read through httpx's generators")
+
+    monkeypatch.setattr(_ResponseStream, "__aiter__", refuse)
+
+
+@pytest.mark.usefixtures("no_stream_iteration")
+async def test_a_whole_plain_body_is_one_direct_read_that_closes_and_frees_the_connection(
+    fake: FakeProvider, transport: PreparedAiohttpTransport
+) -> None:
+    fake.enqueue(Reply(body=b'{"whole":true}'), Reply(body=b"{}"))
+    response = await transport.handle_async_request(_post(f"{fake.base_url}/v1/chat"))
+    assert await response.aread() == b'{"whole":true}'
+    assert (response.is_closed, response.is_stream_consumed) == (True, True)
+    assert (response.content, response.num_bytes_downloaded) == (b'{"whole":true}', 14)
+    assert await response.aread() == b'{"whole":true}'  # kept, as httpx keeps it
+    assert _in_use(transport) == 0
+    assert await _send(transport, _post(f"{fake.base_url}/v1/chat")) == b"{}"
+    assert fake.connections == 1  # the connection went back to the pool
+
+
+@pytest.mark.usefixtures("no_stream_iteration")
+async def test_plain_reads_are_direct_and_the_last_closes_the_response(
+    fake: FakeProvider, transport: PreparedAiohttpTransport
+) -> None:
+    fake.enqueue(Reply(body=b"data: 1\n\ndata: 2\n\n", streamed=True))
+    response = await transport.handle_async_request(_post(f"{fake.base_url}/v1/chat"))
+    chunks = [chunk async for chunk in response.aiter_bytes()]
+    assert b"".join(chunks) == b"data: 1\n\ndata: 2\n\n"
+    assert response.is_closed
+    assert response.num_bytes_downloaded == 18
+    assert _in_use(transport) == 0
+    with pytest.raises(httpx.StreamConsumed):
+        async for _ in response.aiter_bytes():
+            pass
+
+
+async def test_an_encoded_body_is_decoded_by_httpx(
+    fake: FakeProvider, transport: PreparedAiohttpTransport
+) -> None:
+    packed = gzip.compress(b'{"packed":true}')
+    fake.enqueue(*(Reply(headers=(("content-encoding", "gzip"),), body=packed) for _ in "ab"))
+    assert await _send(transport, _post(f"{fake.base_url}/v1/chat")) == b'{"packed":true}'
+    response = await transport.handle_async_request(_post(f"{fake.base_url}/v1/chat"))
+    assert b"".join([c async for c in response.aiter_bytes()]) == b'{"packed":true}'
+    assert _in_use(transport) == 0
+
+
+async def test_a_whole_body_cut_mid_read_raises_httpx_read_error_and_frees_the_connection(
+    fake: FakeProvider, transport: PreparedAiohttpTransport
+) -> None:
+    fake.enqueue(
+        Reply(body=b"data: 1\n\ndata: 2\n\n", streamed=True, cut_after_events=1),
+        Reply(body=b"{}"),
+    )
+    request = _post(f"{fake.base_url}/v1/chat")
+    response = await transport.handle_async_request(request)
+    with pytest.raises(httpx.ReadError) as raised:
+        await response.aread()
+    assert raised.value.request is request
+    await response.aclose()
+    assert _in_use(transport) == 0
+    assert await _send(transport, _post(f"{fake.base_url}/v1/chat")) == b"{}"
+
+
+@pytest.mark.parametrize("read", ["whole", "reads"])
+async def test_a_read_cancelled_mid_body_strands_no_connection(
+    fake: FakeProvider, transport: PreparedAiohttpTransport, read: str
+) -> None:
+    fake.enqueue(
+        Reply(body=b"data: 1\n\ndata: 2\n\n", streamed=True, stall_after_events=1),
+        Reply(body=b"{}"),
+    )
+    response = await transport.handle_async_request(_post(f"{fake.base_url}/v1/chat"))
+
+    async def consume() -> None:
+        if read == "whole":
+            await response.aread()
+        else:
+            async for _ in response.aiter_bytes():
+                pass
+
+    reading = asyncio.ensure_future(consume())
+    await asyncio.sleep(0.05)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    await response.aclose()
+    assert _in_use(transport) == 0
+    await asyncio.wait_for(fake.disconnected.wait(), 5)  # the half-read connection dropped
+    assert await _send(transport, _post(f"{fake.base_url}/v1/chat")) == b"{}"
+
+
+async def test_a_providers_cookie_is_never_sent_back(
+    fake: FakeProvider, transport: PreparedAiohttpTransport
+) -> None:
+    fake.enqueue(Reply(headers=(("set-cookie", "tenant=a; Path=/"),), body=b"{}"), Reply())
+    named = f"http://localhost:{fake.port}/v1/chat"  # a jar keeps no cookie of an IP's
+    await _send(transport, _post(named))
+    await _send(transport, _post(named))
+    assert "cookie" not in fake.requests[1].headers
