@@ -131,8 +131,15 @@ class PreparedAiohttpTransport(AiohttpTransport):
         if kept is None:
             if len(self._timeouts) >= _KEPT:
                 self._timeouts.clear()
+            connect, read, pool = key
+            # aiohttp's `connect` spans a pool wait AND a new connection's establishment
+            # (TCP, TLS); httpx's `pool` bounds only the wait. Bounding both by `pool` alone
+            # failed slow handshakes (a far provider, a starved machine) as timeouts after
+            # `pool` seconds, a breaker verdict on a healthy upstream. The backend's
+            # ConnectionGate keeps calls within the pool, so the wait part is near zero.
+            both = None if connect is None or pool is None else connect + pool
             kept = self._timeouts[key] = ClientTimeout(
-                sock_connect=key[0], sock_read=key[1], connect=key[2]
+                sock_connect=connect, sock_read=read, connect=both
             )
         return kept
 

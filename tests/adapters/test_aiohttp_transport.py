@@ -92,7 +92,18 @@ async def test_calls_with_the_same_timeouts_share_one_client_timeout(
     timeouts = transport._timeouts
     assert {key[1] for key in timeouts} == {5.0, 30.0}
     assert timeouts[(5.0, 30.0, 5.0)].sock_read == 30.0
-    assert timeouts[(5.0, 30.0, 5.0)].connect == 5.0
+
+
+async def test_a_new_connection_gets_the_connect_timeout_on_top_of_the_pool_wait(
+    fake: FakeProvider, transport: PreparedAiohttpTransport
+) -> None:
+    """aiohttp's `connect` bounds a pool wait plus a new connection's handshake: bounded
+    by httpx's `pool` alone, a handshake slower than the pool wait failed as a timeout."""
+    fake.enqueue(Reply(body=b"{}"))
+    await _send(transport, _post(f"{fake.base_url}/v1/a"))
+    (timeout,) = transport._timeouts.values()
+    assert timeout.sock_connect == 5.0  # httpx's connect
+    assert timeout.connect == 10.0  # connect + pool
 
 
 async def test_a_streamed_request_body_takes_httpx_aiohttps_own_path(
