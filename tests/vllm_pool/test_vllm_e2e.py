@@ -407,11 +407,24 @@ async def test_a_cancel_reaches_vllm(mesh: Mesh, target: str) -> None:
 
 
 async def _running(mesh: Mesh, replica_id: str) -> bool:
-    return await running_on(mesh, replica_id) >= 1
+    load = await _load_while_busy(mesh, replica_id)
+    return load is not None and load >= 1
 
 
 async def _idle(mesh: Mesh, replica_id: str) -> bool:
-    return await running_on(mesh, replica_id) == 0
+    load = await _load_while_busy(mesh, replica_id)
+    return load is not None and load == 0
+
+
+async def _load_while_busy(mesh: Mesh, replica_id: str) -> int | None:
+    """The engine's load, or None when it is too busy generating (on CPU) to answer the
+    load probe within the probe's deadline: not known yet, ask again."""
+    try:
+        return await running_on(mesh, replica_id)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return None
+        raise
 
 
 def _generate(request: chat_pb2.ChatInput) -> Any:
