@@ -115,10 +115,15 @@ class ChatRouter:
             call.failed(exc)
             raise
         finally:
-            if call.outcome is RequestOutcome.SUCCESS:
-                self._after_answer(call)
-            else:
-                await self._unserved(call)
+            await self._settle_stage(call)
+
+    async def _settle_stage(self, call: _Call) -> None:
+        """Settle, however the call ended: a served answer's bookkeeping is deferred until
+        after the answer left; anything else is closed and settled now."""
+        if call.outcome is RequestOutcome.SUCCESS:
+            self._after_answer(call)
+        else:
+            await self._unserved(call)
 
     def _call(self, request: chat_pb2.ChatInput, ctx: CallContext, *, whole: bool) -> _Call:
         timeout = self._timeouts.request
@@ -231,10 +236,7 @@ class ChatRouter:
             call.failed(exc)
             raise
         finally:
-            if call.outcome is RequestOutcome.SUCCESS:
-                self._after_answer(call)
-            else:
-                await self._unserved(call)
+            await self._settle_stage(call)
         return answer.response()
 
     async def list_models(self, ctx: CallContext) -> chat_service_pb2.ListModelsResponse:
